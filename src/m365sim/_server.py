@@ -148,9 +148,19 @@ class Simulator:
             await asyncio.sleep(0.01)
         started.set_result(None)
         await self._stopping.wait()
-        server.should_exit = True
+        # Stop now, like a killed server: idle keep-alive TLS connections would
+        # otherwise hold a graceful shutdown for the TLS close timeout.
+        for connection in list(server.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()
+        server.should_exit = server.force_exit = True
         await smtp.stop()
         await http_task
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def stop(self) -> None:
         if self._thread is None or self._loop is None or self._stopping is None:
@@ -230,7 +240,11 @@ class Simulator:
 
     def edit_scenario(self, change: Callable[[Scenario], Scenario]) -> Scenario:
         """Apply ``change`` to the running scenario (for example with ``dataclasses.replace``)."""
-        return self._call(lambda s: (s.set_scenario(change(s.scenario)), s.scenario)[1])
+        def apply(s: SimState) -> Scenario:
+            s.set_scenario(change(s.scenario))
+            return s.scenario
+
+        return self._call(apply)
 
     def mailbox(self, address: str) -> Mailbox:
         return Mailbox(self, address)

@@ -134,7 +134,7 @@ class SimState:
         self.refresh_tokens: dict[str, RefreshGrant] = {}
         self.device_codes: dict[str, DeviceGrant] = {}
         self.tokens_valid_from: dict[str, float] = {}
-        self.user_consents: set[tuple[str, str]] = set()  # (client_id, user_id)
+        self.user_consents: dict[tuple[str, str], set[str]] = {}  # (client_id, user_id)
         self.drafts: dict[str, Draft] = {}
         self.upload_sessions: dict[str, UploadSession] = {}
         self.faults: list[ActiveFault] = [ActiveFault(f, f.count) for f in scenario.faults]
@@ -167,10 +167,6 @@ class SimState:
 
     def app_certificates(self, app: App) -> list[x509.Certificate]:
         return [x509.load_pem_x509_certificate(c.pem.encode()) for c in app.certificates]
-
-    def consented(self, app: App, user: User) -> bool:
-        return app.admin_consent or user.upn.lower() in (u.lower() for u in app.consented_users) \
-            or (app.client_id.lower(), user.id) in self.user_consents
 
     # ---- grants -----------------------------------------------------------------
     @staticmethod

@@ -6,9 +6,13 @@
             client_id, client_credential=secret, authority=m365sim.authority(),
             instance_discovery=False, verify=str(m365sim.ca_file))
 
-The fixture removes ``REQUESTS_CA_BUNDLE`` and ``CURL_CA_BUNDLE`` for the test: when
-they are set, ``requests`` (and so MSAL) ignores ``verify=`` and would not trust the
-emulator's CA.
+The fixture prepares MSAL for a local authority:
+
+- it removes ``REQUESTS_CA_BUNDLE`` and ``CURL_CA_BUNDLE`` for the test: when they are
+  set, ``requests`` (and so MSAL) ignores ``verify=`` and would not trust the CA;
+- it tells MSAL that 127.0.0.1 has no user-realm discovery: MSAL's username/password
+  flow asks ``https://{host}/common/userrealm/...`` on port 443 whatever the authority's
+  port is, which no test emulator listens on.
 """
 
 from __future__ import annotations
@@ -27,6 +31,16 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def _skip_msal_user_realm_discovery(monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        from msal.authority import Authority
+    except ImportError:  # MSAL is not a dependency of m365sim
+        return
+    hosts = set(getattr(Authority, "_domains_without_user_realm_discovery", set()))
+    monkeypatch.setattr(Authority, "_domains_without_user_realm_discovery",
+                        hosts | {"127.0.0.1", "localhost"}, raising=False)
+
+
 @pytest.fixture(scope="session")
 def m365sim_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One CA for the whole session: generating keys for every test would be slow."""
@@ -42,5 +56,6 @@ def m365sim(
     scenario = marker.args[0] if marker and marker.args else "seed"
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    _skip_msal_user_realm_discovery(monkeypatch)
     with Simulator(scenario, state_dir=m365sim_state_dir) as sim:
         yield sim

@@ -1,0 +1,1 @@
+"""Shared test set-up: MSAL pointed at m365sim."""
