@@ -50,7 +50,7 @@ class Requested:
         return self.resources[0] if self.permissions else None
 
     def all_scopes(self) -> list[str]:
-        out = []
+        out: list[str] = []
         for name, perms in self.permissions.items():
             r = resources_by_name()[name]
             out.extend(f"{r.audience}/{p}" for p in perms)

@@ -309,6 +309,9 @@ def _grant_refresh_token(state: SimState, tr: TokenRequest) -> dict[str, Any]:
     if grant.last_used + inactivity <= now:
         raise Refused(70008, issued=_stamp(grant.issued), inactive=_span(now - grant.last_used))
     valid_from = state.tokens_valid_from.get(grant.user_id)
+    revoked_user = state.user(grant.user_id)
+    if revoked_user is not None and revoked_user.sessions_revoked:
+        valid_from = max(valid_from or 0.0, grant.issued + 1)
     if valid_from is not None and grant.issued < valid_from:
         raise Refused(50173, issued=_stamp(grant.issued), valid_from=_stamp(valid_from))
     user = state.user(grant.user_id)

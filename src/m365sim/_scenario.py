@@ -69,6 +69,9 @@ class User:
     # Set-CASMailbox -SmtpClientAuthenticationDisabled; None follows the tenant.
     smtp_client_authentication: bool | None = None
     max_send_size: int | None = None  # bytes; None = limits.max_send_size
+    # An admin revokes this user's sessions right after every sign-in (or the password
+    # is reset): refresh tokens fail with AADSTS50173, access tokens live on until expiry.
+    sessions_revoked: bool = False
 
 
 @dataclass(frozen=True)
@@ -330,6 +333,7 @@ class _Parser:
             password=u.get("password"),
             smtp_client_authentication=u.get("smtp_client_authentication"),
             max_send_size=u.get("max_send_size"),
+            sessions_revoked=bool(u.get("sessions_revoked", False)),
         )
 
     def shared(self, m: Any, i: int) -> SharedMailbox:
@@ -472,9 +476,63 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
                 f"choose one of {shipped_scenarios()} or give a path to a .toml file"
             )
         text, source = resource.read_text(encoding="utf-8"), f"{name_or_path}.toml"
+    data = _read_toml(text, source)
+    data.setdefault("name", Path(source).stem)
+    return Scenario.from_dict(data, source=source)
+
+
+def scenario_from_toml(text: str, source: str = "<scenario>") -> Scenario:
+    """A scenario from TOML text (``extends`` names a shipped scenario)."""
+    data = _read_toml(text, source)
+    data.setdefault("name", "custom")
+    return Scenario.from_dict(data, source=source)
+
+
+def _read_toml(text: str, source: str, depth: int = 0) -> dict[str, Any]:
+    """Parse a scenario file, resolving ``extends = "other"`` into one merged dict."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{source}: not valid TOML: {exc}") from exc
-    data.setdefault("name", Path(source).stem)
-    return Scenario.from_dict(data, source=source)
+    parent_name = data.pop("extends", None)
+    if parent_name is None:
+        return data
+    if depth > 8:
+        raise ScenarioError(f"{source}: extends: chain too long (a loop?)")
+    resource = resources.files("m365sim") / "scenarios" / f"{parent_name}.toml"
+    parent_path = Path(source).parent / f"{parent_name}.toml"
+    if parent_path.exists():
+        parent_text = parent_path.read_text(encoding="utf-8")
+    elif resource.is_file():
+        parent_text = resource.read_text(encoding="utf-8")
+    else:
+        raise ScenarioError(f"{source}: extends: no scenario named {parent_name!r} "
+                            f"(shipped: {shipped_scenarios()})")
+    parent = _read_toml(parent_text, f"{parent_name}.toml", depth + 1)
+    for key in ("name", "description"):
+        parent.pop(key, None)
+    return _merge(parent, data)
+
+
+# Arrays of tables merge entry by entry on these keys; other arrays are replaced.
+_MERGE_KEYS = {"users": "upn", "shared_mailboxes": "address", "apps": "client_id"}
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        elif key in _MERGE_KEYS and isinstance(value, list) and isinstance(out.get(key), list):
+            ident = _MERGE_KEYS[key]
+            merged = {str(item.get(ident, "")).lower(): item for item in out[key]}
+            for item in value:
+                k = str(item.get(ident, "")).lower()
+                if item.get("remove"):
+                    merged.pop(k, None)
+                    continue
+                merged[k] = _merge(merged[k], item) if k in merged else item
+            out[key] = list(merged.values())
+        else:
+            out[key] = value
+    return out
