@@ -184,10 +184,13 @@ def verify_client_assertion(
 
 
 def _match_certificate(header: dict[str, Any], certs: list[x509.Certificate]) -> x509.Certificate | None:
+    # MSAL pads the base64url thumbprint, the JOSE spec does not: compare unpadded.
+    x5t256 = str(header.get("x5t#S256", "")).rstrip("=")
+    x5t = str(header.get("x5t", "")).rstrip("=")
     for cert in certs:
-        if header.get("x5t#S256") == b64url(cert.fingerprint(hashes.SHA256())):
+        if x5t256 and x5t256 == b64url(cert.fingerprint(hashes.SHA256())):
             return cert
-        if header.get("x5t") == b64url(cert.fingerprint(hashes.SHA1())):  # noqa: S303
+        if x5t and x5t == b64url(cert.fingerprint(hashes.SHA1())):  # noqa: S303
             return cert
     x5c = header.get("x5c")
     if isinstance(x5c, list) and x5c:

@@ -55,7 +55,8 @@ def app_only_token(sim: Simulator, resource: str = GRAPH) -> str:
 
 
 def ropc_token(sim: Simulator, scopes: list[str], user: tuple[str, str] = MEGAN) -> str:
-    result = public(sim).acquire_token_by_username_password(user[0], user[1], scopes=scopes)
+    # MSAL deprecates the password grant for public clients; confidential ones may use it.
+    result = confidential(sim).acquire_token_by_username_password(user[0], user[1], scopes=scopes)
     assert "access_token" in result, result
     return str(result["access_token"])
 
