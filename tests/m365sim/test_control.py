@@ -53,7 +53,7 @@ def test_scenario_errors_name_the_key_and_an_example(tmp_path: Path) -> None:
     grant = tmp_path / "grant.toml"
     grant.write_text('[tenant]\ndomains = ["contoso.com"]\n[[shared_mailboxes]]\n'
                      'address = "info@contoso.com"\nsend_as = ["ghost@contoso.com"]\n')
-    with pytest.raises(m365sim.ScenarioError, match="'ghost@contoso.com' is not a user"):
+    with pytest.raises(m365sim.ScenarioError, match=r"'ghost@contoso\.com' is not a user"):
         load_scenario(grant)
 
 
