@@ -37,7 +37,8 @@ HOST = "M365SIM01.outlook.office365.com"
 # What EHLO advertises after STARTTLS: Exchange offers exactly these two (reference §5.1).
 ADVERTISED_AUTH = "AUTH LOGIN XOAUTH2"
 # Long enough for an XOAUTH2 initial response (a JWT, base64 again) on the command line.
-# Exchange does not refuse long message lines either, so DATA lines get the same room.
+# Exchange is not known to refuse message lines over 1000 octets [UNCONFIRMED], so DATA
+# lines get the same room.
 MAX_LINE = 1 << 20
 # DSN parameters Exchange accepts; the emulator sends no DSNs, so it drops them.
 _DSN_MAIL_PARAMS = ("RET=", "ENVID=")
@@ -127,7 +128,11 @@ def parse_xoauth2(blob: bytes) -> tuple[str, str] | None:
         text = blob.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    fields = dict(part.partition("=")[::2] for part in text.split("\x01") if part)
+    fields: dict[str, str] = {}
+    for part in text.split("\x01"):
+        key, _, value = part.partition("=")
+        if key:
+            fields[key.strip().lower()] = value
     user, auth = fields.get("user", ""), fields.get("auth", "")
     scheme, _, token = auth.partition(" ")
     if not user or scheme.lower() != "bearer" or not token.strip():
@@ -171,7 +176,7 @@ def authorize_xoauth2(state: SimState, user_name: str, token: str) -> AuthOutcom
     shared = state.shared_mailbox(user_name)
     owner = state.user(user_name)
     # The scenario's spelling of the address (has_mailbox said one of the two exists).
-    mailbox = shared.address if shared is not None else owner.upn if owner else user_name
+    mailbox = shared.address if shared is not None else (owner.upn if owner else user_name)
     if delegate is not None:
         full_access = {u.lower() for u in shared.full_access} if shared is not None else set()
         if mailbox.lower() != delegate.lower() and delegate.lower() not in full_access:
@@ -378,7 +383,6 @@ class _ExchangeSmtp(SMTP):
             loop=loop,
         )
         self.state = state
-        self.handler = handler
         # Per connection: aiosmtpd's class-level dict is shared and grows at every EHLO.
         self.command_size_limits = collections.defaultdict(
             lambda: SMTP.command_size_limit, {"AUTH": MAX_LINE})
@@ -395,9 +399,12 @@ class _ExchangeSmtp(SMTP):
         self._live.discard(self)
         super().connection_lost(error)
 
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+    def hang_up(self, *, abort: bool = False) -> None:
+        if isinstance(self.transport, asyncio.WriteTransport):
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     async def push(self, status: str | bytes) -> None:
         if isinstance(status, str):
@@ -545,10 +552,17 @@ class SmtpSubmission:
             return
         self._server.close()
         for conn in list(self._live):
-            conn.close()
-        for _ in range(100):  # closing takes a few loop turns (TLS close_notify)
-            if not self._live:
-                break
-            await asyncio.sleep(0.01)
+            conn.hang_up()
+        # A TLS close waits for the client's close_notify; an idle client never sends
+        # it, so whoever is still there after a moment is cut off.
+        await self._until_all_gone(0.5)
+        for conn in list(self._live):
+            conn.hang_up(abort=True)
+        await self._until_all_gone(1.0)
         await self._server.wait_closed()
         await asyncio.sleep(0)  # let the cancelled session tasks finish
+
+    async def _until_all_gone(self, timeout: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._live and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
