@@ -1,0 +1,74 @@
+"""The store's queries, one named function each, run on a connection inside a transaction.
+
+Sync SQLAlchemy Core; ``Store`` runs them in its worker thread and translates errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, delete, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ._rows import ConnectionState, SendRecord
+from ._schema import connection_states, sends, settings, token_caches
+
+
+def _upsert(conn: Connection, table: Table, values: Mapping[str, Any], update: Mapping[str, Any]) -> None:
+    # INSERT ... ON CONFLICT DO UPDATE: atomic on both backends, so two nodes updating
+    # different fields of one row never lose each other's change.
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    key = [c.name for c in table.primary_key]
+    statement = dialect_insert(table).values(**values)
+    conn.execute(statement.on_conflict_do_update(index_elements=key, set_=update))
+
+
+def load_token_cache(conn: Connection, connection: str) -> bytes | None:
+    return conn.scalar(select(token_caches.c.ciphertext).where(token_caches.c.connection == connection))
+
+
+def save_token_cache(conn: Connection, connection: str, ciphertext: bytes, now: datetime) -> None:
+    _upsert(conn, token_caches, {"connection": connection, "ciphertext": ciphertext, "updated_at": now},
+            {"ciphertext": ciphertext, "updated_at": now})
+
+
+def delete_token_cache(conn: Connection, connection: str) -> None:
+    conn.execute(delete(token_caches).where(token_caches.c.connection == connection))
+
+
+def connection_state(conn: Connection, connection: str) -> ConnectionState | None:
+    row = conn.execute(select(connection_states).where(connection_states.c.connection == connection)
+                       ).mappings().first()
+    return ConnectionState.from_row(row) if row else None
+
+
+def upsert_connection_state(conn: Connection, connection: str, changes: Mapping[str, Any],
+                            now: datetime) -> None:
+    update = {**changes, "updated_at": now}
+    _upsert(conn, connection_states, {"connection": connection, "needs_sign_in": False, **update}, update)
+
+
+def insert_send(conn: Connection, record: SendRecord) -> None:
+    conn.execute(insert(sends).values(
+        id=record.id, time=record.time, connection=record.connection, transport=record.transport,
+        sender=record.sender, recipients=list(record.recipients), subject=record.subject,
+        size=record.size, status=record.status, code=record.code, entry_id=record.entry_id,
+        request_id=record.request_id, detail=record.detail))
+
+
+def recent_sends(conn: Connection, limit: int, connection: str | None) -> list[SendRecord]:
+    query = select(sends).order_by(sends.c.time.desc(), sends.c.id.desc()).limit(limit)
+    if connection is not None:
+        query = query.where(sends.c.connection == connection)
+    return [SendRecord.from_row(row) for row in conn.execute(query).mappings()]
+
+
+def get_setting(conn: Connection, key: str) -> str | None:
+    return conn.scalar(select(settings.c.value).where(settings.c.key == key))
+
+
+def set_setting(conn: Connection, key: str, value: str, now: datetime) -> None:
+    _upsert(conn, settings, {"key": key, "value": value, "updated_at": now},
+            {"value": value, "updated_at": now})
