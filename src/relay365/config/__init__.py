@@ -1,0 +1,20 @@
+"""Configuration: one TOML file (``relay365.toml``), every key overridable by ``RELAY365_*``."""
+
+from ._model import (
+    DEFAULT_AUTHORITY_HOST,
+    DEFAULT_GRAPH_URL,
+    ConnectionSettings,
+    Settings,
+)
+from ._load import config_path, load_settings, settings_from_dict, write_settings
+
+__all__ = [
+    "DEFAULT_AUTHORITY_HOST",
+    "DEFAULT_GRAPH_URL",
+    "ConnectionSettings",
+    "Settings",
+    "config_path",
+    "load_settings",
+    "settings_from_dict",
+    "write_settings",
+]

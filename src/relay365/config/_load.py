@@ -1,0 +1,127 @@
+"""Reading relay365.toml, applying RELAY365_* overrides, and reporting what is wrong.
+
+Overrides: ``RELAY365_<KEY>`` for top-level keys (``RELAY365_STORE``) and
+``RELAY365_CONNECTION_<NAME>_<KEY>`` for a connection's key
+(``RELAY365_CONNECTION_CONTOSO_CLIENT_SECRET``); list values are comma-separated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import tomli_w
+from pydantic import BaseModel, ValidationError
+
+from ..errors import ConfigError
+from ._model import ConnectionSettings, Settings
+
+ENV_PREFIX = "RELAY365_"
+
+
+def config_path(explicit: str | Path | None = None) -> Path:
+    """``--config``, else ``RELAY365_CONFIG``, else the user's config directory."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("RELAY365_CONFIG"):
+        return Path(os.environ["RELAY365_CONFIG"])
+    return Path(platformdirs.user_config_dir("relay365", appauthor=False)) / "relay365.toml"
+
+
+def _env_key(name: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "_", name.upper())
+
+
+def _list_fields(model: type[BaseModel]) -> set[str]:
+    return {n for n, f in model.model_fields.items() if "list" in str(f.annotation)}
+
+
+def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """``data`` with every matching RELAY365_* variable applied."""
+    out = dict(data)
+    for field in Settings.model_fields:
+        if field == "connections":
+            continue
+        value = env.get(ENV_PREFIX + field.upper())
+        if value is not None:
+            out[field] = value
+    lists = _list_fields(ConnectionSettings)
+    connections = [dict(c) for c in out.get("connections", [])]
+    for conn in connections:
+        prefix = f"{ENV_PREFIX}CONNECTION_{_env_key(str(conn.get('name', '')))}_"
+        for field in ConnectionSettings.model_fields:
+            value = env.get(prefix + field.upper())
+            if value is not None:
+                conn[field] = [v.strip() for v in value.split(",") if v.strip()] if field in lists else value
+    if connections:
+        out["connections"] = connections
+    return out
+
+
+def _explain(exc: ValidationError, source: str, data: Mapping[str, Any]) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        if loc[:1] == ["connections"] and len(loc) > 1 and isinstance(loc[1], int):
+            conns = data.get("connections", [])
+            name = conns[loc[1]].get("name", loc[1]) if loc[1] < len(conns) else loc[1]
+            key = f"connections[{name}]" + "".join(f".{p}" for p in loc[2:])
+        example = _example(loc)
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{source}: {key}: {msg}" + (f" (for example: {example})" if example else ""))
+    return ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+
+
+def _example(loc: list[Any]) -> str | None:
+    model: type[BaseModel] = ConnectionSettings if loc[:1] == ["connections"] else Settings
+    name = next((p for p in reversed(loc) if isinstance(p, str) and p in model.model_fields), None)
+    if name is None:
+        return None
+    examples = model.model_fields[name].examples
+    if not examples:
+        return None
+    return f"{name} = {json.dumps(examples[0])}"
+
+
+def settings_from_dict(data: Mapping[str, Any], *, source: str = "<settings>",
+                       env: Mapping[str, str] | None = None) -> Settings:
+    merged = apply_env(dict(data), os.environ if env is None else env)
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise _explain(exc, source, merged) from None
+
+
+def load_settings(path: str | Path | None = None, *, env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the configuration; ConfigError says what is wrong and where."""
+    p = config_path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: no configuration file; run `relay365 init` to create one")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return settings_from_dict(data, source=str(p), env=env)
+
+
+def write_settings(settings: Settings, path: Path) -> None:
+    """Write ``settings`` as TOML (0600: it may hold a client secret)."""
+    data = settings.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+    for conn, model in zip(data.get("connections", []), settings.connections, strict=True):
+        if model.client_secret is not None:
+            conn["client_secret"] = model.client_secret.get_secret_value()
+        conn.setdefault("name", model.name)
+        conn.setdefault("tenant", model.tenant)
+        conn.setdefault("client_id", model.client_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("# relay365 configuration (see `relay365 init`)\n")
+        f.write(tomli_w.dumps(data))
