@@ -46,7 +46,7 @@ def test_errors_name_file_key_problem_and_example(tmp_path: Path) -> None:
 
 def test_a_sender_belongs_to_one_connection() -> None:
     other = {**CONN, "name": "other", "senders": ["info@contoso.com"]}
-    with pytest.raises(ConfigError, match="sender info@contoso.com belongs to both 'contoso' and 'other'"):
+    with pytest.raises(ConfigError, match=r"sender info@contoso\.com belongs to both 'contoso' and 'other'"):
         settings_from_dict({"connections": [CONN, other]}, env={})
 
 
