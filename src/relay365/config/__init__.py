@@ -3,16 +3,26 @@
 from ._model import (
     DEFAULT_AUTHORITY_HOST,
     DEFAULT_GRAPH_URL,
+    ApiKey,
+    ClientUser,
     ConnectionSettings,
+    DeliverySettings,
+    RelaySettings,
     Settings,
+    SmtpListener,
 )
 from ._load import config_path, load_settings, settings_from_dict, write_settings
 
 __all__ = [
     "DEFAULT_AUTHORITY_HOST",
     "DEFAULT_GRAPH_URL",
+    "ApiKey",
+    "ClientUser",
     "ConnectionSettings",
+    "DeliverySettings",
+    "RelaySettings",
     "Settings",
+    "SmtpListener",
     "config_path",
     "load_settings",
     "settings_from_dict",

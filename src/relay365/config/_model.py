@@ -75,6 +75,10 @@ class ConnectionSettings(BaseModel):
     smtp_host: str = Field("smtp.office365.com", description="SMTP submission host.")
     smtp_port: int = Field(587, description="SMTP submission port (STARTTLS).")
     ca_file: Path | None = Field(None, description="CA bundle to trust (m365sim's ca.pem in tests).")
+    messages_per_minute: int = Field(30, gt=0, description="Exchange Online's per-mailbox message rate.")
+    recipients_per_day: int = Field(10_000, gt=0, description="Exchange Online's per-mailbox daily recipients.")
+    concurrent_requests: int = Field(4, gt=0, description="Graph's concurrent requests per app and mailbox.")
+    recipients_per_message: int = Field(500, gt=0, le=1000, description="Exchange Online's recipient limit.")
     redirect_uri: str = Field(
         "http://localhost", description="Redirect URI registered on the app; relay365 listens on it "
                                         "for the sign-in (any port when it is http://localhost).",
@@ -124,6 +128,86 @@ class ConnectionSettings(BaseModel):
         return f"{self.authority_host.rstrip('/')}/{self.tenant}"
 
 
+class SmtpListener(BaseModel):
+    """One SMTP port applications submit mail to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address to listen on (loopback by default).")
+    port: int = Field(2525, ge=0, le=65535, description="Port to listen on.")
+    tls: Literal["none", "starttls", "implicit"] = Field(
+        "none", description="`starttls` (e.g. 587) or `implicit` (465) need certificate_file.")
+    certificate_file: Path | None = Field(None, description="PEM certificate for STARTTLS/implicit TLS.")
+    private_key_file: Path | None = Field(None, description="PEM private key of the certificate.")
+    require_auth: bool = Field(False, description="Clients must AUTH (PLAIN/LOGIN) before MAIL.")
+
+    @model_validator(mode="after")
+    def _tls(self) -> SmtpListener:
+        if self.tls != "none" and (self.certificate_file is None or self.private_key_file is None):
+            raise ValueError(f"tls = {self.tls!r} needs certificate_file and private_key_file")
+        return self
+
+
+class ClientUser(BaseModel):
+    """An SMTP or HTTP client allowed to submit mail (password hashed with argon2)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(examples=["printer"])
+    password_hash: str = Field(description="`relay365 user add` writes it (argon2id).",
+                               examples=["$argon2id$v=19$m=65536,t=3,p=4$..."])
+    senders: list[str] = Field(default_factory=list,
+                               description="Senders this client may use; empty: any configured sender.")
+
+
+class ApiKey(BaseModel):
+    """A key for the HTTP API (stored hashed)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(examples=["wordpress"])
+    key_hash: str = Field(description="`relay365 api-key add` writes it (argon2id).")
+    senders: list[str] = Field(default_factory=list,
+                               description="Senders this key may use; empty: any configured sender.")
+
+
+class RelaySettings(BaseModel):
+    """How applications reach relay365 and who may send."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    smtp: list[SmtpListener] = Field(default_factory=lambda: [SmtpListener()])
+    http_host: str = Field("127.0.0.1", description="Web page and HTTP API address.")
+    http_port: int = Field(8025, ge=0, le=65535, description="Web page and HTTP API port.")
+    allowed_networks: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="Clients from these networks may submit without AUTH.",
+        examples=[["127.0.0.0/8", "::1/128", "192.168.1.0/24"]])
+    auth_without_tls_on_loopback: bool = Field(
+        False, description="Offer AUTH over plain SMTP to loopback clients (never to others).")
+    users: list[ClientUser] = Field(default_factory=list)
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    max_message_size: int = Field(35 * 1024 * 1024, gt=0,
+                                  description="Largest message accepted (bytes); Exchange's default is 35 MB.")
+    max_recipients: int = Field(500, gt=0, le=1000, description="Most recipients per message.")
+
+
+class DeliverySettings(BaseModel):
+    """How the outbox is worked off (retry timing named as Postfix names it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workers: int = Field(8, gt=0, description="Deliveries in flight at once (all connections).")
+    lease_seconds: float = Field(300, gt=0, description="A claimed message returns to the queue "
+                                                        "if its worker dies for this long.")
+    minimal_backoff: float = Field(30, gt=0, description="First retry delay (seconds).")
+    maximal_backoff: float = Field(4000, gt=0, description="Longest retry delay (seconds).")
+    maximal_queue_lifetime: float = Field(5 * 86400, gt=0,
+                                          description="Give up on a message after this long (seconds).")
+    keep_sent_bodies_days: float = Field(7, ge=0, description="Prune sent messages' bodies after this.")
+    keep_log_days: float = Field(90, ge=0, description="Prune log rows after this.")
+
+
 class Settings(BaseModel):
     """The whole relay365.toml."""
 
@@ -139,6 +223,8 @@ class Settings(BaseModel):
         None, description="Key encrypting secrets and tokens at rest; default state_dir/secret.key "
                           "(created 0600). RELAY365_SECRET_KEY overrides it.")
     connections: list[ConnectionSettings] = Field(default_factory=list)
+    relay: RelaySettings = Field(default_factory=RelaySettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
 
     @model_validator(mode="after")
     def _unique(self) -> Settings:
