@@ -1,0 +1,789 @@
+"""relay365.transport: Graph (MIME, draft + upload sessions) and SMTP XOAUTH2.
+
+Unit tests drive GraphTransport through ``httpx.MockTransport`` with a fake token
+source; integration tests send through m365sim over HTTPS and SMTP, with tokens from
+its identity endpoints through MSAL, and read what each recipient received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import os
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.policy import default as default_policy
+from email.utils import format_datetime, make_msgid
+from typing import Any, TypeVar
+
+import httpx
+import msal
+import pytest
+
+from m365sim import Scenario, Simulator
+from relay365 import transport as transport_module
+from relay365.auth import AccessToken
+from relay365.config import ConnectionSettings
+from relay365.errors import NeedsSignIn, PermanentError, TransientError
+from relay365.transport import (
+    Envelope,
+    GraphTransport,
+    SendOutcome,
+    SmtpXoauth2Transport,
+    Transport,
+    prepare_mime,
+    transport_for,
+)
+from relay365.transport._classify import Attempt, parse_retry_after, smtp_failure
+from relay365.transport._draft import graph_draft
+from relay365.transport._mime import without_bcc
+from tests.m365sim.conftest import (
+    SEED_APP_ONLY,
+    SEED_APP_ONLY_SECRET,
+    auth_code_token,
+    confidential,
+)
+
+T = TypeVar("T")
+ADMIN = "admin@contoso.com"
+INFO = "info@contoso.com"
+GRAPH_SCOPES = ["https://graph.microsoft.com/Mail.Send", "https://graph.microsoft.com/Mail.Send.Shared",
+                "https://graph.microsoft.com/Mail.ReadWrite"]
+SMTP_SCOPES = ["https://outlook.office.com/SMTP.Send"]
+MiB = 1024 * 1024
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+# ---- messages ----------------------------------------------------------------------------
+def simple_message(sender: str = ADMIN, to: str = "fran@example.org", subject: str = "Hello",
+                   *, attachment: bytes | None = None) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(dt.datetime(2027, 5, 1, 12, 0, tzinfo=dt.UTC))
+    msg["Message-ID"] = make_msgid(domain="app.example")
+    msg.set_content("Plain body\n")
+    msg.add_alternative("<p>HTML <b>body</b></p>\n", subtype="html")
+    if attachment is not None:
+        msg.add_attachment(attachment, "application", "octet-stream", filename="data.bin")
+    return msg.as_bytes(policy=SMTP)
+
+
+def rich_message(sender: str, attachment: bytes, image: bytes) -> bytes:
+    """multipart/alternative with an inline image (cid:), a UTF-8 subject, a big attachment."""
+    msg = EmailMessage()
+    msg["From"] = f"Contoso Info <{sender}>"
+    msg["To"] = "Fran <fran@example.org>"
+    msg["Cc"] = "dana@example.org"
+    msg["Subject"] = "Rapport trimestriel — Grüße ✓"
+    msg["Date"] = format_datetime(dt.datetime(2027, 5, 1, 12, 0, tzinfo=dt.UTC))
+    msg["Message-ID"] = make_msgid(domain="app.example")
+    msg["X-Mailer-Job"] = "quarterly-42"
+    msg.set_content("See the report.\n")
+    msg.add_alternative('<p>See the report.</p><img src="cid:logo1@app.example">\n', subtype="html")
+    html = list(msg.iter_parts())[1]
+    assert isinstance(html, EmailMessage)
+    html.add_related(image, "image", "png", cid="<logo1@app.example>", filename="logo.png")
+    msg.add_attachment(attachment, "application", "pdf", filename="report.pdf")
+    return msg.as_bytes(policy=SMTP)
+
+
+def leaves(msg: EmailMessage) -> list[EmailMessage]:
+    return [p for p in msg.walk() if not p.is_multipart()]
+
+
+def shape(msg: EmailMessage) -> list[tuple[str, str | None, str | None, bytes]]:
+    """(content type, filename, Content-ID, decoded bytes) of every leaf part."""
+    out = []
+    for part in leaves(msg):
+        payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        cid = part.get("Content-ID")
+        out.append((part.get_content_type(), part.get_filename(),
+                    str(cid).strip("<> ") if cid else None, payload))
+    return out
+
+
+def parse(raw: bytes) -> EmailMessage:
+    msg = message_from_bytes(raw, policy=default_policy)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+# ---- token sources -----------------------------------------------------------------------
+class FakeTokens:
+    """A TokenSource handing out numbered tokens; a forced refresh makes the next number."""
+
+    def __init__(self, account: str | None = ADMIN, error: Exception | None = None) -> None:
+        self.account = account
+        self.error = error
+        self.generation = 0
+        self.calls: list[tuple[str, bool, str | None]] = []
+
+    def value(self, resource: str = "graph") -> str:
+        return f"{resource}-secret-token-{self.generation}"
+
+    async def acquire_token(self, resource: str = "graph", *, force_refresh: bool = False,
+                            stale: str | None = None) -> AccessToken:
+        self.calls.append((resource, force_refresh, stale))
+        if self.error is not None:
+            raise self.error
+        if force_refresh:
+            self.generation += 1
+        return AccessToken(self.value(resource), dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
+                           self.account)
+
+    @property
+    def forced(self) -> list[tuple[str, bool, str | None]]:
+        return [c for c in self.calls if c[1]]
+
+
+class SimTokens:
+    """A TokenSource on MSAL against m365sim: client credentials or authorization code."""
+
+    def __init__(self, sim: Simulator, mode: str, graph_scopes: list[str] = GRAPH_SCOPES) -> None:
+        self.sim = sim
+        self.mode = mode
+        self.graph_scopes = graph_scopes
+        self.forced: list[tuple[str, str | None]] = []
+        self.issued: list[str] = []
+        self._app: msal.ClientApplication | None = None
+        self._signed_in: set[str] = set()
+
+    def _scopes(self, resource: str) -> list[str]:
+        if self.mode == "app-only":
+            return [{"graph": "https://graph.microsoft.com",
+                     "smtp": "https://outlook.office365.com"}[resource] + "/.default"]
+        return self.graph_scopes if resource == "graph" else SMTP_SCOPES
+
+    def _acquire(self, resource: str, force_refresh: bool) -> dict[str, Any]:
+        scopes = self._scopes(resource)
+        if self.mode == "app-only":
+            if self._app is None or force_refresh:  # a new cache: MSAL has no force here
+                self._app = msal.ConfidentialClientApplication(
+                    SEED_APP_ONLY, client_credential=SEED_APP_ONLY_SECRET,
+                    authority=self.sim.authority(), instance_discovery=False,
+                    verify=str(self.sim.ca_file))
+            assert isinstance(self._app, msal.ConfidentialClientApplication)
+            return dict(self._app.acquire_token_for_client(scopes))
+        if self._app is None:
+            self._app = confidential(self.sim)
+        if resource not in self._signed_in:
+            self._signed_in.add(resource)
+            return auth_code_token(self.sim, scopes, app=self._app)
+        account = self._app.get_accounts()[0]
+        return dict(self._app.acquire_token_silent_with_error(
+            scopes, account=account, force_refresh=force_refresh) or {})
+
+    async def acquire_token(self, resource: str = "graph", *, force_refresh: bool = False,
+                            stale: str | None = None) -> AccessToken:
+        if force_refresh:
+            self.forced.append((resource, stale))
+        result = await asyncio.to_thread(self._acquire, resource, force_refresh)
+        assert "access_token" in result, result
+        self.issued.append(result["access_token"])
+        claims = result.get("id_token_claims") or {}
+        account = claims.get("preferred_username") if self.mode == "delegated" else None
+        if self.mode == "delegated" and account is None and self._app is not None:
+            account = self._app.get_accounts()[0]["username"]
+        return AccessToken(result["access_token"],
+                           dt.datetime.now(dt.UTC) + dt.timedelta(seconds=int(result["expires_in"])),
+                           account)
+
+
+# ---- settings ------------------------------------------------------------------------------
+def settings(mode: str = "delegated", **changes: Any) -> ConnectionSettings:
+    base: dict[str, Any] = {"name": "contoso", "tenant": "contoso.com",
+                            "client_id": "11111111-aaaa-4bbb-8ccc-111111111111", "mode": mode,
+                            "senders": [ADMIN, INFO], "graph_url": "https://graph.test/v1.0"}
+    return ConnectionSettings(**{**base, **changes})
+
+
+def sim_settings(sim: Simulator, mode: str = "delegated", **changes: Any) -> ConnectionSettings:
+    return settings(mode, tenant=sim.tenant_id, graph_url=sim.graph_url, ca_file=sim.ca_file,
+                    smtp_host="127.0.0.1", smtp_port=sim.smtp_port, authority_host=sim.base_url,
+                    **changes)
+
+
+Handler = Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
+
+
+def mock_transport(handler: Handler, tokens: FakeTokens | None = None, mode: str = "delegated",
+                   **changes: Any) -> tuple[GraphTransport, FakeTokens]:
+    tokens = tokens or FakeTokens()
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return GraphTransport(settings(mode, **changes), tokens, client=client), tokens
+
+
+async def send_and_close(transport: Transport, envelope: Envelope) -> SendOutcome:
+    try:
+        return await transport.send(envelope)
+    finally:
+        await transport.aclose()
+
+
+def graph_error(status: int, code: str, message: str, **headers: str) -> httpx.Response:
+    body = {"error": {"code": code, "message": message,
+                      "innerError": {"date": "2027-05-01T12:00:00", "request-id": "inner-id"}}}
+    return httpx.Response(status, json=body, headers={"request-id": "req-1", **headers})
+
+
+ENVELOPE = Envelope(ADMIN, ("fran@example.org",), simple_message())
+
+
+# ==== the public surface ====================================================================
+def test_public_names() -> None:
+    assert sorted(transport_module.__all__) == sorted([
+        "Envelope", "GraphTransport", "SendOutcome", "SmtpXoauth2Transport", "Transport",
+        "prepare_mime", "transport_for"])
+
+
+def test_transport_for_follows_the_setting() -> None:
+    tokens = FakeTokens()
+    graph = transport_for(settings(), tokens)
+    smtp = transport_for(settings(transport="smtp-xoauth2"), tokens)
+    assert isinstance(graph, GraphTransport)
+    assert isinstance(smtp, SmtpXoauth2Transport)
+    run(graph.aclose())
+    run(smtp.aclose())
+
+
+# ==== prepare_mime: the Bcc fix on bytes ====================================================
+def test_prepare_mime_keeps_a_message_whose_headers_name_everyone() -> None:
+    raw = simple_message(to="Fran <FRAN@example.org>")
+    assert prepare_mime(Envelope(ADMIN, ("fran@example.org",), raw)) is raw
+
+
+def test_prepare_mime_adds_envelope_only_recipients_as_bcc_and_keeps_the_body() -> None:
+    raw = simple_message(attachment=os.urandom(2000))
+    out = prepare_mime(Envelope(ADMIN, ("fran@example.org", "hidden@example.net", "audit@example.net",
+                                        "Hidden@example.net"), raw))
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert body == raw.partition(b"\r\n\r\n")[2]
+    assert head.endswith(b"\r\nBcc: hidden@example.net,\r\n audit@example.net")
+    assert parse(out)["Bcc"].addresses[1].addr_spec == "audit@example.net"
+
+
+def test_prepare_mime_extends_an_existing_bcc_field_with_the_messages_line_ends() -> None:
+    raw = b"From: a@b.example\r\nTo: x@y.example\r\nBcc: q@r.example\r\nSubject: hi\r\n\r\nbody\r\n"
+    out = prepare_mime(Envelope("a@b.example", ("x@y.example", "n@m.example"), raw))
+    assert out == (b"From: a@b.example\r\nTo: x@y.example\r\nBcc: q@r.example,\r\n n@m.example\r\n"
+                   b"Subject: hi\r\n\r\nbody\r\n")
+    empty = raw.replace(b"Bcc: q@r.example", b"Bcc:")
+    assert b"\r\nBcc: n@m.example\r\n" in prepare_mime(Envelope("a", ("n@m.example",), empty))
+
+
+def test_without_bcc_drops_bcc_fields_only_from_the_header() -> None:
+    raw = (b"From: a@b.example\r\nBcc: q@r.example,\r\n s@t.example\r\nTo: x@y.example\r\n"
+           b"Resent-Bcc: z@y.example\r\n\r\nBcc: in the body stays\r\n")
+    assert without_bcc(raw) == b"From: a@b.example\r\nTo: x@y.example\r\n\r\nBcc: in the body stays\r\n"
+    plain = simple_message()
+    assert without_bcc(plain) is plain
+
+
+def test_prepare_mime_refuses_an_address_that_would_break_the_header() -> None:
+    with pytest.raises(PermanentError) as e:
+        prepare_mime(Envelope(ADMIN, ("x@y.example\r\nX-Evil: 1",), simple_message()))
+    assert e.value.entry.id == "M365-INVALID-RECIPIENT"
+
+
+# ==== GraphTransport with httpx.MockTransport ================================================
+def test_delegated_mime_send_posts_base64_to_me_sendmail() -> None:
+    seen: list[httpx.Request] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, headers={"request-id": "abc-123"})
+
+    transport, tokens = mock_transport(handler)
+    envelope = Envelope(ADMIN, ("fran@example.org", "hidden@example.net"), simple_message())
+    outcome = run(send_and_close(transport, envelope))
+    assert outcome == SendOutcome("graph", "mime", "abc-123", len(prepare_mime(envelope)))
+    (request,) = seen
+    assert (request.method, str(request.url)) == ("POST", "https://graph.test/v1.0/me/sendMail")
+    assert request.headers["content-type"] == "text/plain"
+    assert request.headers["authorization"] == "Bearer graph-secret-token-0"
+    assert base64.b64decode(request.content) == prepare_mime(envelope)
+    assert tokens.calls == [("graph", False, None)]
+
+
+def test_app_only_sends_at_users_from_address() -> None:
+    seen: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return httpx.Response(202)
+
+    transport, _ = mock_transport(handler, mode="app-only")
+    run(send_and_close(transport, Envelope("bounce@contoso.com", ("fran@example.org",),
+                                           simple_message(sender=f"Info <{INFO}>"))))
+    assert seen == ["/v1.0/users/info@contoso.com/sendMail"]
+
+
+def test_401_then_success_forces_exactly_one_refresh_with_the_stale_token() -> None:
+    authorizations: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        authorizations.append(request.headers["authorization"])
+        if len(authorizations) == 1:
+            return graph_error(401, "InvalidAuthenticationToken", "Access token has expired.")
+        return httpx.Response(202)
+
+    transport, tokens = mock_transport(handler)
+    outcome = run(send_and_close(transport, ENVELOPE))
+    assert outcome.path == "mime"
+    assert authorizations == ["Bearer graph-secret-token-0", "Bearer graph-secret-token-1"]
+    assert tokens.forced == [("graph", True, "graph-secret-token-0")]
+
+
+def test_401_twice_is_one_refresh_then_a_transient_token_error() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return graph_error(401, "InvalidAuthenticationToken", "Access token validation failure.")
+
+    transport, tokens = mock_transport(handler)
+    with pytest.raises(TransientError) as e:
+        run(send_and_close(transport, ENVELOPE))
+    assert len(tokens.forced) == 1
+    assert (e.value.entry.id, e.value.status, e.value.code) == (
+        "M365-TOKEN-INVALID", 401, "InvalidAuthenticationToken")
+
+
+@pytest.mark.parametrize(("header", "expected"), [("7", 7.0), ("2.5", 2.5), (None, None)])
+def test_429_is_transient_with_its_retry_after(header: str | None, expected: float | None) -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"Retry-After": header} if header else {}
+        return graph_error(429, "ApplicationThrottled",
+                           "Application is over its MailboxConcurrency limit.", **headers)
+
+    transport, _ = mock_transport(handler)
+    with pytest.raises(TransientError) as e:
+        run(send_and_close(transport, ENVELOPE))
+    err = e.value
+    assert err.retry_after == expected
+    assert (err.entry.id, err.code, err.status, err.request_id) == (
+        "M365-THROTTLED", "ApplicationThrottled", 429, "req-1")
+
+
+def test_retry_after_as_an_http_date() -> None:
+    now = dt.datetime(2027, 5, 1, 12, 0, tzinfo=dt.UTC)
+    later = format_datetime(now + dt.timedelta(seconds=30), usegmt=True)
+    assert parse_retry_after(later, now=now.timestamp()) == 30
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=now.timestamp()) == 0
+    assert parse_retry_after("soon") is None
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_5xx_is_transient(status: int) -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, text="<html>gateway</html>", headers={"Retry-After": "3"})
+
+    transport, _ = mock_transport(handler)
+    with pytest.raises(TransientError) as e:
+        run(send_and_close(transport, ENVELOPE))
+    assert (e.value.status, e.value.retry_after, e.value.entry.id) == (status, 3, "R365-TRANSIENT")
+
+
+@pytest.mark.parametrize("error", [httpx.ConnectError("[Errno 111] Connection refused"),
+                                   httpx.ReadTimeout("timed out"),
+                                   httpx.RemoteProtocolError("Server disconnected")])
+def test_network_errors_are_transient(error: httpx.RequestError) -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    transport, _ = mock_transport(handler)
+    with pytest.raises(TransientError) as e:
+        run(send_and_close(transport, ENVELOPE))
+    assert e.value.__cause__ is error
+    assert e.value.entry.id == "R365-TRANSIENT"
+    assert ADMIN in e.value.message
+
+
+@pytest.mark.parametrize(("status", "code", "message", "entry"), [
+    (403, "ErrorSendAsDenied", "The user account which was used to submit this request does not "
+     "have the right to send mail on behalf of the specified sending account., Cannot submit message.",
+     "M365-SEND-AS-DENIED"),
+    (403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.", "M365-NO-MAIL-SEND"),
+    (403, "ErrorAccessDenied", "Access to OData is disabled.", "M365-ACCESS-POLICY"),
+    (404, "MailboxNotEnabledForRESTAPI", "The mailbox is either inactive, soft-deleted, or is hosted "
+     "on-premise.", "M365-NO-MAILBOX"),
+    (400, "ErrorInvalidRecipients", "At least one recipient isn't valid., Recipient \"bad\" isn't "
+     "resolved.", "M365-INVALID-RECIPIENT"),
+    (400, "ErrorMessageSizeExceeded", "The message exceeds the maximum supported size.", "M365-TOO-LARGE"),
+    (413, "RequestBodyTooLarge", "The maximum request length supported is 4MB.", "M365-TOO-LARGE"),
+    (400, "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content.",
+     "M365-MIME-INVALID"),
+    (404, "ErrorInvalidUser", "The requested user 'x' is invalid.", "M365-UNKNOWN-USER"),
+    (400, "SomethingNew", "A new error.", "R365-PERMANENT"),
+])
+def test_refusals_are_permanent_with_their_catalogue_entry(status: int, code: str, message: str,
+                                                           entry: str) -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return graph_error(status, code, message)
+
+    transport, tokens = mock_transport(handler)
+    with pytest.raises(PermanentError) as e:
+        run(send_and_close(transport, ENVELOPE))
+    err = e.value
+    assert (err.entry.id, err.code, err.status, err.request_id) == (entry, code, status, "req-1")
+    assert ADMIN in err.message and f"{len(ENVELOPE.raw)}-byte" in err.message
+    assert tokens.value() not in str(err) and tokens.value() not in err.explain()
+
+
+def test_a_status_without_a_body_still_gets_a_diagnosis() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(413)
+
+    transport, _ = mock_transport(handler)
+    with pytest.raises(PermanentError) as e:
+        run(send_and_close(transport, ENVELOPE))
+    assert (e.value.entry.id, e.value.code, e.value.status) == ("M365-TOO-LARGE", None, 413)
+
+
+def test_token_source_errors_pass_through_unchanged() -> None:
+    refusal = NeedsSignIn("nobody signed in", entry="AAD-REFRESH-REVOKED", code="AADSTS50173")
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("no request without a token")
+
+    transport, _ = mock_transport(handler, FakeTokens(error=refusal))
+    with pytest.raises(NeedsSignIn) as e:
+        run(send_and_close(transport, ENVELOPE))
+    assert e.value is refusal
+
+
+def test_over_4mb_with_large_messages_off_is_permanent_and_sends_nothing() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("nothing may be sent")
+
+    transport, _ = mock_transport(handler, large_messages=False)
+    envelope = Envelope(ADMIN, ("fran@example.org",), simple_message(attachment=os.urandom(3 * MiB)))
+    with pytest.raises(PermanentError) as e:
+        run(send_and_close(transport, envelope))
+    assert e.value.entry.id == "M365-TOO-LARGE"
+    assert "large_messages" in e.value.message
+
+
+class DraftServer:
+    """Graph's draft endpoints, just enough for the transport's side of the dialogue."""
+
+    def __init__(self, *, camel_case: bool = False, fail: dict[str, httpx.Response] | None = None
+                 ) -> None:
+        self.camel_case = camel_case
+        self.fail = fail or {}
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.uploaded = bytearray()
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        raw_path = request.url.raw_path.split(b"?")[0].decode()
+        self.requests.append((request.method, raw_path, dict(request.headers), request.content))
+        for suffix, response in self.fail.items():
+            if path.endswith(suffix) and request.method != "DELETE":
+                return response
+        if request.method == "DELETE":
+            return httpx.Response(204)
+        if path.endswith("/messages"):
+            return httpx.Response(201, json={"id": "AAMk/draft=="})
+        if path.endswith("/createUploadSession"):
+            return httpx.Response(201, json={"uploadUrl": "https://outlook.test/upload?authtoken=SECRET",
+                                             "nextExpectedRanges": ["0-"]})
+        if path.endswith("/attachments"):
+            return httpx.Response(201, json={"id": "att"})
+        if path == "/upload":
+            start, _, total = request.headers["content-range"].removeprefix("bytes ").replace(
+                "/", "-").split("-")
+            assert int(start) == len(self.uploaded)
+            self.uploaded += request.content
+            if len(self.uploaded) == int(total):
+                return httpx.Response(201)
+            key = "nextExpectedRanges" if self.camel_case else "NextExpectedRanges"
+            return httpx.Response(200, json={key: [f"{len(self.uploaded)}-"]})
+        if path.endswith("/send"):
+            return httpx.Response(202, headers={"request-id": "sent-1"})
+        return httpx.Response(404)
+
+
+@pytest.mark.parametrize("camel_case", [False, True])
+def test_large_message_goes_as_draft_with_an_upload_session(camel_case: bool) -> None:
+    server = DraftServer(camel_case=camel_case)
+    transport, _ = mock_transport(server)
+    big = os.urandom(9 * MiB + 17)
+    envelope = Envelope(INFO, ("fran@example.org", "hidden@example.net"),
+                        rich_message(INFO, big, os.urandom(5000)))
+    outcome = run(send_and_close(transport, envelope))
+    assert (outcome.path, outcome.request_id) == ("draft", "sent-1")
+    assert bytes(server.uploaded) == big
+    draft = json.loads(server.requests[0][3])
+    assert server.requests[0][:2] == ("POST", "/v1.0/me/messages")
+    assert draft["from"] == {"emailAddress": {"address": INFO, "name": "Contoso Info"}}
+    assert draft["bccRecipients"] == [{"emailAddress": {"address": "hidden@example.net"}}]
+    assert draft["subject"] == "Rapport trimestriel — Grüße ✓"
+    assert draft["internetMessageHeaders"] == [{"name": "X-Mailer-Job", "value": "quarterly-42"}]
+    puts = [r for r in server.requests if r[0] == "PUT"]
+    assert len(puts) == 3
+    assert all("authorization" not in headers for _, _, headers, _ in puts)
+    assert server.requests[-1][:2] == ("POST", "/v1.0/me/messages/AAMk%2Fdraft%3D%3D/send")
+
+
+def test_draft_creation_refused_403_needs_mail_readwrite() -> None:
+    denied = graph_error(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+    server = DraftServer(fail={"/messages": denied})
+    transport, _ = mock_transport(server)
+    envelope = Envelope(ADMIN, ("fran@example.org",), simple_message(attachment=os.urandom(4 * MiB)))
+    with pytest.raises(PermanentError) as e:
+        run(send_and_close(transport, envelope))
+    assert (e.value.entry.id, e.value.status, e.value.code) == (
+        "M365-NEEDS-MAIL-READWRITE", 403, "ErrorAccessDenied")
+
+
+def test_failure_after_the_draft_exists_deletes_it_and_keeps_the_upload_url_secret() -> None:
+    server = DraftServer(fail={"/upload": graph_error(503, "ServiceUnavailable", "busy",
+                                                      **{"Retry-After": "4"})})
+    transport, _ = mock_transport(server, mode="app-only")
+    envelope = Envelope(ADMIN, ("fran@example.org",), simple_message(attachment=os.urandom(4 * MiB)))
+    with pytest.raises(TransientError) as e:
+        run(send_and_close(transport, envelope))
+    assert e.value.retry_after == 4
+    assert "SECRET" not in e.value.explain()
+    assert server.requests[-1][:2] == ("DELETE", "/v1.0/users/admin@contoso.com/messages/AAMk%2Fdraft%3D%3D")
+
+
+def test_graph_draft_keeps_html_inline_images_and_attachments() -> None:
+    image, pdf = os.urandom(3000), os.urandom(5000)
+    draft = graph_draft(rich_message(INFO, pdf, image))
+    assert draft.message["body"]["contentType"] == "HTML"
+    assert "cid:logo1@app.example" in draft.message["body"]["content"]
+    assert draft.message["toRecipients"] == [{"emailAddress": {"address": "fran@example.org",
+                                                               "name": "Fran"}}]
+    assert [(a.name, a.content_type, a.data, a.is_inline, a.content_id) for a in draft.attachments] == [
+        ("logo.png", "image/png", image, True, "logo1@app.example"),
+        ("report.pdf", "application/pdf", pdf, False, None)]
+    text_only = graph_draft(b"From: a@b.example\nTo: c@d.example\nSubject: s\n\nJust text\n")
+    assert text_only.message["body"] == {"contentType": "Text", "content": "Just text\n"}
+    assert text_only.attachments == ()
+
+
+# ==== SMTP reply classification ==============================================================
+@pytest.mark.parametrize(("code", "message", "cls", "entry", "reply"), [
+    (550, "5.7.60 SMTP; Client does not have permissions to send as this sender", PermanentError,
+     "M365-SEND-AS-DENIED", "550 5.7.60"),
+    (554, "5.2.252 SendAsDenied; admin@contoso.com not allowed to send as info@contoso.com; "
+     "STOREDRV.Submission.Exception:SendAsDeniedException", PermanentError, "M365-SEND-AS-DENIED",
+     "554 5.2.252"),
+    (535, "5.7.139 Authentication unsuccessful, user is locked by your organization's security "
+     "defaults policy. Contact your administrator.", PermanentError, "SMTP-SECURITY-DEFAULTS",
+     "535 5.7.139"),
+    (535, "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.",
+     PermanentError, "SMTP-AUTH-DISABLED", "535 5.7.139"),
+    (535, "5.7.3 Authentication unsuccessful [HOST]", PermanentError, "SMTP-AUTH-FAILED", "535 5.7.3"),
+    (552, "5.3.4 Message size exceeds fixed maximum message size", PermanentError, "M365-TOO-LARGE",
+     "552 5.3.4"),
+    (432, "4.3.2 Concurrent connections limit exceeded.", TransientError, "SMTP-CONCURRENCY", "432 4.3.2"),
+    (421, "4.3.2 Message submission rate for this client has exceeded the configured limit",
+     TransientError, "R365-TRANSIENT", "421 4.3.2"),
+    (554, "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed",
+     TransientError, "SMTP-QUOTA", "554 5.2.0"),
+])
+def test_smtp_replies_are_classified(code: int, message: str, cls: type[Exception], entry: str,
+                                     reply: str) -> None:
+    err = smtp_failure(code, message, Attempt("Exchange Online SMTP", ADMIN, 1234))
+    assert type(err) is cls
+    assert (err.entry.id, err.code) == (entry, reply)
+    assert ADMIN in err.message and "1234-byte" in err.message
+
+
+# ==== integration: m365sim over HTTPS and SMTP ===============================================
+def sim_send(sim: Simulator, envelope: Envelope, mode: str = "delegated",
+             tokens: SimTokens | None = None, **changes: Any) -> SendOutcome:
+    tokens = tokens or SimTokens(sim, mode)
+    return run(send_and_close(transport_for(sim_settings(sim, mode, **changes), tokens), envelope))
+
+
+def test_delegated_mime_send_from_admin_arrives_exactly_as_built(m365sim: Simulator) -> None:
+    raw = simple_message(attachment=os.urandom(100_000))
+    outcome = sim_send(m365sim, Envelope(ADMIN, ("fran@example.org",), raw))
+    assert (outcome.transport, outcome.path, outcome.size) == ("graph", "mime", len(raw))
+    assert outcome.request_id
+    (delivered,) = m365sim.mailbox("fran@example.org").messages
+    assert (delivered.path, delivered.identity, delivered.sender) == ("graph-mime", ADMIN, ADMIN)
+    assert delivered.raw == raw
+    assert shape(delivered.parsed()) == shape(parse(raw))
+
+
+def test_delegated_send_as_the_shared_mailbox(m365sim: Simulator) -> None:
+    raw = simple_message(sender=f"Contoso Info <{INFO}>")
+    sim_send(m365sim, Envelope(INFO, ("fran@example.org",), raw))
+    (delivered,) = m365sim.mailbox("fran@example.org").messages
+    assert (delivered.sender, delivered.identity) == (INFO, ADMIN)
+    assert delivered.raw == raw
+
+
+def test_app_only_send_at_users_sender(m365sim: Simulator) -> None:
+    raw = simple_message()
+    outcome = sim_send(m365sim, Envelope(ADMIN, ("fran@example.org",), raw), mode="app-only")
+    assert outcome.path == "mime"
+    (delivered,) = m365sim.mailbox("fran@example.org").messages
+    assert delivered.identity == f"app:{SEED_APP_ONLY}"
+    assert delivered.raw == raw
+    assert any(r.path == f"/v1.0/users/{ADMIN}/sendMail" and r.status == 202
+               for r in m365sim.requests())
+
+
+def test_envelope_only_recipient_gets_it_and_nobody_sees_bcc(m365sim: Simulator) -> None:
+    raw = simple_message(to="fran@example.org")
+    sim_send(m365sim, Envelope(ADMIN, ("fran@example.org", "hidden@example.net"), raw))
+    (to_copy,) = m365sim.mailbox("fran@example.org").messages
+    (bcc_copy,) = m365sim.mailbox("hidden@example.net").messages
+    for copy in (to_copy, bcc_copy):
+        assert "Bcc" not in copy.parsed()
+        assert b"hidden@example.net" not in copy.raw
+        assert copy.raw == raw
+    assert "hidden@example.net" in bcc_copy.recipients
+
+
+def test_large_rich_message_goes_through_draft_and_upload_session(m365sim: Simulator) -> None:
+    big, image = os.urandom(12 * MiB), os.urandom(20_000)
+    raw = rich_message(INFO, big, image)
+    tokens = SimTokens(m365sim, "delegated")
+    envelope = Envelope(INFO, ("fran@example.org", "dana@example.org", "audit@example.net"), raw)
+    outcome = sim_send(m365sim, envelope, tokens=tokens)
+    assert (outcome.path, outcome.size) == ("draft", len(prepare_mime(envelope)))
+    for address in ("fran@example.org", "dana@example.org", "audit@example.net"):
+        (delivered,) = m365sim.mailbox(address).messages
+        assert delivered.path == "graph-draft"
+        assert "Bcc" not in delivered.parsed()
+    got = delivered.parsed()
+    sent = parse(raw)
+    assert got["Subject"] == "Rapport trimestriel — Grüße ✓"
+    assert got["Message-ID"] == sent["Message-ID"]
+    assert got["From"].addresses[0].addr_spec == INFO
+    assert got["X-Mailer-Job"] == "quarterly-42"
+    # Graph's JSON carries the HTML body only (Exchange writes its own text version):
+    # every other part arrives in the same order, type, name, Content-ID and bytes.
+    sent_shape = [p for p in shape(sent) if p[0] != "text/plain"]
+    got_shape = shape(got)
+    assert [p[:3] for p in got_shape] == [p[:3] for p in sent_shape]
+    assert got_shape[1:] == sent_shape[1:]
+    assert got_shape[0][3].decode().strip() == sent_shape[0][3].decode().strip()
+    assert [p.get_content_type() for p in got.walk()][:3] == [
+        "multipart/mixed", "multipart/related", "text/html"]
+    puts = [r for r in m365sim.requests() if r.method == "PUT"]
+    assert len(puts) == 4 and all(r.status in (200, 201) for r in puts)
+    assert tokens.forced == []
+
+
+def test_large_message_without_mail_readwrite(m365sim: Simulator) -> None:
+    def without_read_write(scenario: Scenario) -> Scenario:
+        apps = tuple(replace(a, delegated_permissions=tuple(
+            p for p in a.delegated_permissions if p != "Mail.ReadWrite")) for a in scenario.apps)
+        return replace(scenario, apps=apps)
+
+    m365sim.edit_scenario(without_read_write)
+    tokens = SimTokens(m365sim, "delegated", graph_scopes=GRAPH_SCOPES[:2])
+    raw = simple_message(attachment=os.urandom(4 * MiB))
+    with pytest.raises(PermanentError) as e:
+        sim_send(m365sim, Envelope(ADMIN, ("fran@example.org",), raw), tokens=tokens)
+    assert (e.value.entry.id, e.value.status) == ("M365-NEEDS-MAIL-READWRITE", 403)
+
+
+@pytest.mark.m365sim("no-send-as")
+def test_no_send_as_is_permanent(m365sim: Simulator) -> None:
+    tokens = SimTokens(m365sim, "delegated")
+    with pytest.raises(PermanentError) as e:
+        sim_send(m365sim, Envelope(INFO, ("fran@example.org",), simple_message(sender=INFO)),
+                 tokens=tokens)
+    err = e.value
+    assert (err.entry.id, err.code, err.status) == ("M365-SEND-AS-DENIED", "ErrorSendAsDenied", 403)
+    assert err.request_id
+    assert INFO in err.message
+    assert all(token not in err.explain() for token in tokens.issued)
+    assert m365sim.mailbox("fran@example.org").messages == []
+
+
+@pytest.mark.m365sim("no-mailbox")
+def test_no_mailbox_is_permanent(m365sim: Simulator) -> None:
+    with pytest.raises(PermanentError) as e:
+        sim_send(m365sim, ENVELOPE)
+    assert (e.value.entry.id, e.value.code, e.value.status) == (
+        "M365-NO-MAILBOX", "MailboxNotEnabledForRESTAPI", 404)
+
+
+@pytest.mark.parametrize("mode", ["delegated", "app-only"])
+def test_expired_token_is_refreshed_once_and_the_mail_delivered(m365sim: Simulator, mode: str) -> None:
+    tokens = SimTokens(m365sim, mode)
+    sim_send(m365sim, ENVELOPE, mode, tokens=tokens)  # signs in, MSAL caches the token
+    m365sim.advance(6000)  # past every access token's lifetime; MSAL's clock does not know
+    sim_send(m365sim, ENVELOPE, mode, tokens=tokens)
+    assert tokens.forced == [("graph", tokens.issued[1])]
+    assert len(m365sim.mailbox("fran@example.org").messages) == 2
+    assert [r.status for r in m365sim.requests() if r.path.endswith("/sendMail")] == [202, 401, 202]
+
+
+def test_503_with_retry_after_is_transient(m365sim: Simulator) -> None:
+    m365sim.fault("/v1.0/me/sendMail", status=503, retry_after=2)
+    with pytest.raises(TransientError) as e:
+        sim_send(m365sim, ENVELOPE)
+    assert (e.value.retry_after, e.value.status, e.value.code) == (2, 503, "ServiceUnavailable")
+    sim_send(m365sim, ENVELOPE)  # the fault was for one request
+    assert len(m365sim.mailbox("fran@example.org").messages) == 1
+
+
+def test_connection_reset_is_transient(m365sim: Simulator) -> None:
+    m365sim.fault("/v1.0/me/sendMail", "reset")
+    with pytest.raises(TransientError) as e:
+        sim_send(m365sim, ENVELOPE)
+    assert (e.value.entry.id, e.value.status) == ("R365-TRANSIENT", None)
+    assert m365sim.mailbox("fran@example.org").messages == []
+
+
+# ---- SMTP XOAUTH2 ------------------------------------------------------------------------
+def test_smtp_xoauth2_delegated_send(m365sim: Simulator) -> None:
+    raw = simple_message(attachment=os.urandom(50_000))
+    outcome = sim_send(m365sim, Envelope(ADMIN, ("fran@example.org", "hidden@example.net"), raw),
+                       transport="smtp-xoauth2")
+    assert (outcome.transport, outcome.path, outcome.size) == ("smtp-xoauth2", "smtp", len(raw))
+    assert outcome.request_id
+    (delivered,) = m365sim.mailbox("fran@example.org").messages
+    assert (delivered.path, delivered.identity) == ("smtp", ADMIN)
+    assert delivered.raw == raw
+    assert len(m365sim.mailbox("hidden@example.net").messages) == 1
+
+
+def test_smtp_xoauth2_from_the_shared_mailbox(m365sim: Simulator) -> None:
+    sim_send(m365sim, Envelope(INFO, ("fran@example.org",), simple_message(sender=INFO)),
+             transport="smtp-xoauth2")
+    (delivered,) = m365sim.mailbox("fran@example.org").messages
+    assert (delivered.sender, delivered.identity) == (INFO, ADMIN)
+
+
+def test_smtp_xoauth2_app_only_send(m365sim: Simulator) -> None:
+    outcome = sim_send(m365sim, ENVELOPE, "app-only", transport="smtp-xoauth2")
+    assert outcome.path == "smtp"
+    (delivered,) = m365sim.mailbox("fran@example.org").messages
+    assert (delivered.sender, delivered.identity) == (ADMIN, f"app:{SEED_APP_ONLY}")
+
+
+@pytest.mark.m365sim("no-send-as")
+def test_smtp_no_send_as_is_permanent(m365sim: Simulator) -> None:
+    with pytest.raises(PermanentError) as e:
+        sim_send(m365sim, Envelope(INFO, ("fran@example.org",), simple_message(sender=INFO)),
+                 transport="smtp-xoauth2")
+    assert (e.value.entry.id, e.value.code) == ("M365-SEND-AS-DENIED", "550 5.7.60")
+
+
+def test_smtp_refused_token_is_refreshed_once(m365sim: Simulator) -> None:
+    tokens = SimTokens(m365sim, "delegated")
+    sim_send(m365sim, ENVELOPE, tokens=tokens, transport="smtp-xoauth2")
+    m365sim.advance(6000)
+    sim_send(m365sim, ENVELOPE, tokens=tokens, transport="smtp-xoauth2")
+    assert tokens.forced == [("smtp", tokens.issued[1])]
+    assert len(m365sim.mailbox("fran@example.org").messages) == 2
