@@ -129,10 +129,11 @@ def _abort_connection(send: Send) -> None:
 
 
 def create_app(state: SimState) -> Starlette:
+    # Graph first: sendMail is the hot path, matched before the other routes.
     routes: list[BaseRoute] = [
-        *control_routes(state),
         *graph_routes(state),
         *upload_routes(state),
+        *control_routes(state),
         *identity_routes(state),
     ]
     app = Starlette(routes=routes)

@@ -53,6 +53,7 @@ from ._tokens import AccessClaims, TokenInvalid
 from ._upload import iso, open_session, read_body, rejection_response
 
 GRAPH = "https://graph.microsoft.com/v1.0"
+_EVERY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 Handler = Callable[[Request], Awaitable[Response]]
 
 # Permissions that include a narrower one (Microsoft's "higher privileged" lists).
@@ -93,7 +94,7 @@ class Mailbox:
     def enabled(self) -> bool:
         return self.shared is not None or (self.user is not None and self.user.mailbox)
 
-    def is_(self, address: str) -> bool:
+    def has_address(self, address: str) -> bool:
         return address.lower() == self.address.lower()
 
 
@@ -140,10 +141,11 @@ class GraphApi:
         self.audiences = resources_by_name()["graph"].uris
 
     def routes(self) -> list[BaseRoute]:
-        routes = []
+        # sendMail first: it is the hot path, and routes are tried in order.
+        routes = [Route(f"{prefix}/sendMail", self._answer(self.send_mail), methods=["POST"])
+                  for prefix in ("/v1.0/users/{mailbox}", "/v1.0/me")]
         for prefix in ("/v1.0/me", "/v1.0/users/{mailbox}"):
             routes += [
-                Route(f"{prefix}/sendMail", self._answer(self.send_mail), methods=["POST"]),
                 Route(f"{prefix}/messages", self._answer(self.create_draft), methods=["POST"]),
                 Route(f"{prefix}/messages/{{draft}}/attachments",
                       self._answer(self.add_attachment), methods=["POST"]),
@@ -158,7 +160,7 @@ class GraphApi:
                   methods=["GET"]),
             Route("/v1.0/applications/{object_id}", self._answer(self.get_application),
                   methods=["GET"]),
-            Route("/v1.0/{rest:path}", self._answer(self.unknown_route)),
+            Route("/v1.0/{rest:path}", self._answer(self.unknown_route), methods=_EVERY_METHOD),
         ]
         return [_ignore_case(r) for r in routes]
 
@@ -186,17 +188,15 @@ class GraphApi:
             raise Rejection("invalid_user", user=claims.upn)
         return Caller(claims, user)
 
-    def addressed(self, request: Request, caller: Caller) -> Mailbox:
-        """The mailbox in the URL: /me is the signed-in user, /users/{x} is x (404 if none)."""
+    @staticmethod
+    def mailbox_key(request: Request, caller: Caller) -> str:
+        """Who the URL names: /me is the signed-in user (an app has no /me), /users/{x} is x."""
         key = request.path_params.get("mailbox")
-        if key is None:
-            if caller.user is None:
-                raise Rejection("me_app_only")
-            key = caller.user.upn
-        mailbox = find_mailbox(self.state, key)
-        if mailbox is None:
-            raise Rejection("invalid_user", user=key)
-        return mailbox
+        if key is not None:
+            return str(key)
+        if caller.user is None:
+            raise Rejection("me_app_only")
+        return caller.user.upn
 
     def mailbox_for(self, request: Request, caller: Caller, permissions: tuple[str, ...],
                     shared: str) -> Mailbox:
@@ -205,15 +205,16 @@ class GraphApi:
         ``shared`` is the delegated permission needed for another person's mailbox,
         on top of Full Access to it.
         """
-        if request.path_params.get("mailbox") is None and caller.user is None:
-            raise Rejection("me_app_only")
+        key = self.mailbox_key(request, caller)
         if not caller.has_any(permissions):
             raise Rejection("access_denied")
-        mailbox = self.addressed(request, caller)
+        mailbox = find_mailbox(self.state, key)
+        if mailbox is None:
+            raise Rejection("invalid_user", user=key)
         if caller.user is None:
-            scope = self.state.app(caller.client_id)
-            limited = scope.mailbox_scope if scope is not None else None
-            if limited is not None and not any(mailbox.is_(a) or mailbox.id == a for a in limited):
+            app = self.state.app(caller.client_id)
+            scope = app.mailbox_scope if app is not None else None
+            if scope is not None and not any(mailbox.has_address(a) or mailbox.id == a for a in scope):
                 raise Rejection("odata_disabled")
         elif mailbox.id != caller.user.id and not (
                 caller.claims.has_permission(shared) and mailbox.shared is not None
@@ -230,13 +231,15 @@ class GraphApi:
         The one acting is the signed-in user, or for app-only tokens the mailbox in
         the URL (Exchange checks that mailbox's rights on the From mailbox).
         """
-        if from_address is None or mailbox.is_(from_address):
+        if from_address is None or mailbox.has_address(from_address):
+            return None
+        target = find_mailbox(self.state, from_address)
+        if target is not None and target.id == mailbox.id:  # another address of the mailbox
             return None
         acting = caller.user or mailbox.user
         if acting is None or (caller.user is not None
                               and not caller.claims.has_permission("Mail.Send.Shared")):
             raise Rejection("send_as_denied")
-        target = find_mailbox(self.state, from_address)
         shared = target.shared if target is not None else None
         if shared is not None and _listed(acting.upn, shared.send_as):
             return None
@@ -295,8 +298,7 @@ class GraphApi:
     def mime_submission(self, body: bytes, caller: Caller, mailbox: Mailbox) -> Submission:
         raw = decode_mime_body(body)
         head = read_head(raw)
-        written = head.from_address()
-        from_address = written[1] if written and written[1] else None
+        from_address = head.from_address()
         on_behalf = self.sending_as(caller, mailbox, from_address)
         recipients = head.recipients()
         check_recipients(recipients, self.state.scenario.limits.recipients_per_message)
@@ -419,12 +421,8 @@ class GraphApi:
     # ---- directory ------------------------------------------------------------------------
     async def get_user(self, request: Request) -> Response:
         caller = self.authenticate(request)
-        key = request.path_params.get("mailbox")
-        if key is None:
-            if caller.user is None:
-                raise Rejection("me_app_only")
-            key = caller.user.id
-        elif caller.user is None and not caller.has_any(_READ_USERS):
+        key = self.mailbox_key(request, caller)
+        if caller.user is None and not caller.has_any(_READ_USERS):
             raise Rejection("authorization_request_denied")
         mailbox = find_mailbox(self.state, key)
         if mailbox is None:

@@ -32,6 +32,8 @@ class SendingLimits:
         self._clock = clock
         self._sent: dict[str, deque[float]] = {}
         self._recipients: dict[str, deque[tuple[float, int]]] = {}
+        # Running sum of each window, so admitting a message costs O(expired), not O(window).
+        self._recipient_totals: dict[str, int] = {}
         self._in_flight: dict[tuple[str, str], int] = {}
         self._smtp_connections: dict[str, int] = {}
 
@@ -85,14 +87,16 @@ class SendingLimits:
         if len(sent) >= per_minute:
             return Refusal("rate", self._real_seconds(sent[0] + 60 - now, time_scale))
         window = self._recipients.setdefault(key, deque())
+        used = self._recipient_totals.get(key, 0)
         while window and window[0][0] <= now - 86400:
-            window.popleft()
-        used = sum(n for _, n in window)
+            used -= window.popleft()[1]
         if used + recipients > per_day:
+            self._recipient_totals[key] = used
             wait = window[0][0] + 86400 - now if window else 86400.0
             return Refusal("recipients", self._real_seconds(wait, time_scale))
         sent.append(now)
         window.append((now, recipients))
+        self._recipient_totals[key] = used + recipients
         return None
 
     @staticmethod
@@ -102,6 +106,7 @@ class SendingLimits:
     def reset(self) -> None:
         self._sent.clear()
         self._recipients.clear()
+        self._recipient_totals.clear()
 
 
 def retry_after_header(seconds: float, fractional: bool) -> str:
