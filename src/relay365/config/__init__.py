@@ -1,5 +1,6 @@
 """Configuration: one TOML file (``relay365.toml``), every key overridable by ``RELAY365_*``."""
 
+from ._load import config_path, load_settings, settings_from_dict, write_settings
 from ._model import (
     DEFAULT_AUTHORITY_HOST,
     DEFAULT_GRAPH_URL,
@@ -11,7 +12,6 @@ from ._model import (
     Settings,
     SmtpListener,
 )
-from ._load import config_path, load_settings, settings_from_dict, write_settings
 
 __all__ = [
     "DEFAULT_AUTHORITY_HOST",

@@ -76,7 +76,8 @@ class ConnectionSettings(BaseModel):
     smtp_port: int = Field(587, description="SMTP submission port (STARTTLS).")
     ca_file: Path | None = Field(None, description="CA bundle to trust (m365sim's ca.pem in tests).")
     messages_per_minute: int = Field(30, gt=0, description="Exchange Online's per-mailbox message rate.")
-    recipients_per_day: int = Field(10_000, gt=0, description="Exchange Online's per-mailbox daily recipients.")
+    recipients_per_day: int = Field(10_000, gt=0,
+                                    description="Exchange Online's per-mailbox daily recipients.")
     concurrent_requests: int = Field(4, gt=0, description="Graph's concurrent requests per app and mailbox.")
     recipients_per_message: int = Field(500, gt=0, le=1000, description="Exchange Online's recipient limit.")
     redirect_uri: str = Field(
@@ -116,7 +117,8 @@ class ConnectionSettings(BaseModel):
             raise ValueError("an app-only connection must list the senders it sends as")
         secrets = [self.client_secret, self.client_secret_env, self.client_secret_file]
         if sum(s is not None for s in secrets) > 1:
-            raise ValueError("give the secret one way: client_secret, client_secret_env or client_secret_file")
+            raise ValueError("give the secret one way: client_secret, client_secret_env "
+                             "or client_secret_file")
         return self
 
     @property
@@ -188,7 +190,8 @@ class RelaySettings(BaseModel):
     users: list[ClientUser] = Field(default_factory=list)
     api_keys: list[ApiKey] = Field(default_factory=list)
     max_message_size: int = Field(35 * 1024 * 1024, gt=0,
-                                  description="Largest message accepted (bytes); Exchange's default is 35 MB.")
+                                  description="Largest message accepted (bytes); Exchange's "
+                                              "default is 35 MB.")
     max_recipients: int = Field(500, gt=0, le=1000, description="Most recipients per message.")
 
 
