@@ -589,7 +589,7 @@ def test_graph_draft_keeps_html_inline_images_and_attachments() -> None:
      "552 5.3.4"),
     (432, "4.3.2 Concurrent connections limit exceeded.", TransientError, "SMTP-CONCURRENCY", "432 4.3.2"),
     (421, "4.3.2 Message submission rate for this client has exceeded the configured limit",
-     TransientError, "R365-TRANSIENT", "421 4.3.2"),
+     TransientError, "M365-THROTTLED", "421 4.3.2"),
     (554, "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed",
      TransientError, "SMTP-QUOTA", "554 5.2.0"),
 ])
