@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest bench clean
+.PHONY: test demo lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("relay365 needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -23,6 +23,10 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# The whole system on its embedded defaults: SQLite, and m365sim in place of Microsoft 365.
+demo: $(STAMP)
+	$(BIN)/relay365 demo
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

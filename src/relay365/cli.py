@@ -1,20 +1,333 @@
-"""The ``relay365`` command."""
+"""The ``relay365`` command: set up, sign in, send, and try it all on the emulator.
+
+Every command is a thin shell over the async core; failures print their cause and fix
+(from the catalogue) and exit non-zero, never a traceback.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import sys
+from collections.abc import Coroutine
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from . import __version__
+from .config import (
+    ConnectionSettings,
+    Settings,
+    config_path,
+    load_settings,
+    settings_from_dict,
+    write_settings,
+)
+from .errors import Relay365Error
 
+T = TypeVar("T")
 app = typer.Typer(help="Send your applications' email through Microsoft 365 with OAuth 2.0.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="relay365.toml to use "
+                                                   "(default: RELAY365_CONFIG or the user config dir)")]
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run the async core; turn relay365 errors into their explanation and exit 1."""
+    try:
+        return asyncio.run(coro)
+    except Relay365Error as exc:
+        fail(exc)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def fail(exc: Relay365Error) -> NoReturn:
+    err.print(f"[bold red]error:[/] {exc.message}" + (f" [{exc.code}]" if exc.code else ""))
+    err.print(f"[bold]{exc.entry.id}[/]: {exc.entry.title}")
+    err.print(f"[bold]Cause:[/] {exc.entry.cause}")
+    err.print(f"[bold]Fix:[/] {exc.entry.fix}")
+    raise typer.Exit(1)
+
+
+def settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except Relay365Error as exc:
+        fail(exc)
 
 
 @app.command()
 def version() -> None:
     """Print relay365's version."""
-    typer.echo(__version__)
+    out.print(__version__)
+
+
+# ---- init & entra-script ---------------------------------------------------------------------
+@app.command()
+def init(
+    config: ConfigOption = None,
+    name: Annotated[str | None, typer.Option(help="connection name")] = None,
+    tenant: Annotated[str | None, typer.Option(help="tenant id or domain")] = None,
+    client_id: Annotated[str | None, typer.Option(help="Application (client) ID")] = None,
+    client_secret: Annotated[str | None, typer.Option(help="client secret Value (prompted, hidden)")] = None,
+    mode: Annotated[str, typer.Option(help="delegated | app-only")] = "delegated",
+    account: Annotated[str | None, typer.Option(help="account that signs in (delegated)")] = None,
+    sender: Annotated[list[str] | None, typer.Option(help="an address to send as (repeat)")] = None,
+    default_sender: Annotated[str | None, typer.Option(help="sender when a message names none")] = None,
+    sender_name: Annotated[str | None, typer.Option(help="display name of the default sender")] = None,
+    secret_expires: Annotated[str | None, typer.Option(help="secret expiry date, YYYY-MM-DD")] = None,
+    transport: Annotated[str, typer.Option(help="graph | smtp-xoauth2")] = "graph",
+    device: Annotated[bool, typer.Option(help="plan for device-code sign-in (headless server)")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="no questions: values from flags")] = False,
+    force: Annotated[bool, typer.Option(help="replace an existing connection of the same name")] = False,
+) -> None:
+    """Write the configuration for a connection, then print the Entra steps it needs."""
+
+    def ask(value: str | None, prompt: str, *, secret: bool = False,
+            default: str | None = None) -> str | None:
+        if value is not None or yes:
+            return value if value is not None else default
+        answer: str = typer.prompt(prompt, default=default or "", hide_input=secret, show_default=not secret)
+        return answer or None
+
+    name = ask(name, "Connection name", default="default")
+    tenant = ask(tenant, "Tenant (directory id, or domain such as contoso.onmicrosoft.com)")
+    client_id = ask(client_id, "Application (client) ID")
+    account = ask(account, "Account that signs in (licensed user)") if mode == "delegated" else None
+    senders = list(sender or [])
+    if not senders and not yes:
+        typed = typer.prompt("Addresses to send from, comma-separated (own mailbox, shared mailboxes)",
+                             default=account or "")
+        senders = [s.strip() for s in typed.split(",") if s.strip()]
+    client_secret = ask(client_secret, "Client secret Value (input hidden; empty to set later)", secret=True)
+    secret_expires = ask(secret_expires, "Secret expiry date (YYYY-MM-DD, from Certificates & secrets)")
+    path = config_path(config)
+    existing: dict[str, Any] = {}
+    if path.exists():
+        import tomllib
+
+        existing = tomllib.loads(path.read_text(encoding="utf-8"))
+    connections = [c for c in existing.get("connections", []) if c.get("name") != name]
+    if len(connections) != len(existing.get("connections", [])) and not force:
+        err.print(f"[red]error:[/] {path} already has a connection named {name!r} "
+                  "(use --force to replace it)")
+        raise typer.Exit(1)
+    entry: dict[str, Any] = {"name": name, "tenant": tenant, "client_id": client_id, "mode": mode,
+                             "senders": senders, "transport": transport}
+    for key, value in (("account", account), ("default_sender", default_sender),
+                       ("sender_name", sender_name), ("client_secret", client_secret),
+                       ("secret_expires", secret_expires)):
+        if value:
+            entry[key] = value
+    data = {**existing, "connections": [*connections, entry]}
+    try:
+        new = settings_from_dict(data, source=str(path), env={})
+    except Relay365Error as exc:
+        fail(exc)
+    write_settings(new, path)
+    out.print(f"Wrote {path} (mode 0600).")
+    conn = new.connection(name)
+    print_entra_steps(conn, device=device)
+    out.print(f"\nThen: [bold]relay365 login {conn.name}[/]" + (" --device" if device else "")
+              + f" and [bold]relay365 test --connection {conn.name} --to YOU@EXAMPLE[/].")
+
+
+def print_entra_steps(conn: ConnectionSettings, *, device: bool = False) -> None:
+    from .setup import entra_plan
+
+    plan = entra_plan(conn, device_code=device)
+    out.print(f"\n[bold]In Microsoft Entra, for connection {conn.name!r}:[/]")
+    for i, step in enumerate(plan.steps, 1):
+        out.print(f"{i}. [bold]{step.title}[/] — {step.where}\n   {step.detail}")
+    out.print("Or let the Azure CLI do it: [bold]relay365 entra-script " + conn.name + "[/]")
+
+
+@app.command("entra-script")
+def entra_script(
+    connection: Annotated[str | None, typer.Argument(help="connection name")] = None,
+    config: ConfigOption = None,
+    device: Annotated[bool, typer.Option(help="also allow public client flows (device code)")] = False,
+) -> None:
+    """Print an Azure CLI script that creates the app registration for a connection."""
+    from .setup import azure_cli_script
+
+    conn = settings(config).connection(connection) if connection else settings(config).connection()
+    sys.stdout.write(azure_cli_script(conn, device_code=device))
+
+
+# ---- login -------------------------------------------------------------------------------------
+@app.command()
+def login(
+    connection: Annotated[str | None, typer.Argument(help="connection name")] = None,
+    config: ConfigOption = None,
+    device: Annotated[bool, typer.Option(help="device code flow, for a server without a browser")] = False,
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="print the URL only")] = False,
+    paste: Annotated[bool, typer.Option(help="finish in any browser and paste the final URL back")] = False,
+) -> None:
+    """Sign in (delegated) or check that a token can be had (app-only)."""
+    from ._client import Client
+
+    async def main() -> None:
+        async with Client(settings(config)) as client:
+            conn = await client.connection(connection)
+            result = await sign_in(conn, device=device, no_browser=no_browser, paste=paste)
+            show_sign_in(result)
+
+    run(main())
+
+
+async def sign_in(conn: Any, *, device: bool, no_browser: bool, paste: bool) -> Any:
+    from .auth import sign_in_with_browser
+
+    if conn.settings.mode == "app-only":
+        return await conn.verify_app_only()
+    if device:
+        return await conn.sign_in_with_device_code(lambda message: out.print(message))
+    if paste:
+        # The pasted address carries the code in its query: form_post would leave it empty.
+        flow = await conn.start_sign_in(conn.settings.redirect_uri, response_mode="query")
+        out.print("Open this URL in a browser, sign in, then paste the address you land on:")
+        out.print(flow.auth_uri)
+        pasted = typer.prompt("Final URL")
+        return await conn.finish_sign_in_from_url(flow, pasted)
+    return await sign_in_with_browser(
+        conn, on_url=lambda url: out.print(f"Sign in here (opening your browser):\n{url}"),
+        open_browser=not no_browser)
+
+
+def show_sign_in(result: Any) -> None:
+    out.print(f"[green]Signed in[/] as [bold]{result.account or 'the app itself (app-only)'}[/] "
+              f"in tenant {result.tenant_id}")
+    out.print("Granted: " + (", ".join(result.scopes) or "nothing"))
+    for warning in result.warnings:
+        out.print(f"[yellow]warning:[/] {warning}")
+
+
+# ---- send & test ----------------------------------------------------------------------------------
+@app.command()
+def send(
+    to: Annotated[list[str] | None, typer.Option("--to", help="recipient (repeat)")] = None,
+    cc: Annotated[list[str] | None, typer.Option("--cc", help="Cc recipient (repeat)")] = None,
+    bcc: Annotated[list[str] | None, typer.Option("--bcc", help="Bcc recipient (repeat)")] = None,
+    from_: Annotated[str | None, typer.Option("--from", help="sender (default: the connection's)")] = None,
+    subject: Annotated[str, typer.Option(help="subject")] = "",
+    text: Annotated[str | None, typer.Option(help="plain-text body")] = None,
+    html: Annotated[str | None, typer.Option(help="HTML body")] = None,
+    attach: Annotated[list[Path] | None, typer.Option(help="file to attach (repeat)")] = None,
+    raw: Annotated[Path | None, typer.Option(help="send this .eml file as it is")] = None,
+    connection: Annotated[str | None, typer.Option(help="connection to send with")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Send a message now through Microsoft 365."""
+    from ._client import Client
+    from .message import build_message, read_eml
+
+    async def main() -> None:
+        async with Client(settings(config)) as client:
+            if raw is not None:
+                msg = read_eml(raw)
+            else:
+                msg = build_message(sender=from_ or client.route(None, connection).sender, to=to or [],
+                                    cc=cc or [], bcc=bcc or [], subject=subject, text=text, html=html,
+                                    attachments=attach or [])
+            result = await client.send(msg, connection=connection)
+            out.print(f"[green]Sent[/] {result.id} from {result.sender} to {', '.join(result.recipients)} "
+                      f"via {result.transport} (request id {result.request_id or '-'})")
+
+    run(main())
+
+
+@app.command("test")
+def send_test(
+    to: Annotated[str | None, typer.Option("--to", help="recipient (default: the account)")] = None,
+    connection: Annotated[str | None, typer.Option(help="connection to test")] = None,
+    from_: Annotated[str | None, typer.Option("--from", help="sender (default: the connection's)")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Send the test email: it says which connection, account, sender and transport carried it."""
+    from ._client import Client
+
+    async def main() -> None:
+        async with Client(settings(config)) as client:
+            result = await send_test_email(client, connection=connection, to=to, sender=from_)
+            out.print(f"[green]Test email sent[/] {result.id} from {result.sender} to "
+                      f"{', '.join(result.recipients)} via {result.transport}")
+
+    run(main())
+
+
+async def send_test_email(client: Any, *, connection: str | None, to: str | None,
+                          sender: str | None) -> Any:
+    conn = client.route(sender, connection)
+    account = None
+    if conn.mode == "delegated":
+        tokens = await client.connection(conn.name)
+        await tokens.load()  # the account is known once the token cache is read
+        account = tokens.account
+    sender = sender or conn.sender
+    recipient = to or conn.account or sender
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = recipient
+    msg["Subject"] = f"relay365 test email ({conn.name})"
+    msg.set_content(
+        "This is a test email from relay365.\n\n"
+        f"Connection: {conn.name}\nTenant: {conn.tenant}\n"
+        f"Signed-in account: {account or ('none (app-only)' if conn.mode == 'app-only' else 'unknown')}\n"
+        f"Sender: {sender}\nTransport: {conn.transport}\n"
+        f"Sent at: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}\n\n"
+        "If you can read this, every application on this machine can send through Microsoft 365.\n")
+    return await client.send(msg, connection=conn.name)
+
+
+# ---- demo -------------------------------------------------------------------------------------------
+@app.command()
+def demo(
+    scenario: Annotated[str, typer.Option(help="m365sim scenario to run on")] = "seed",
+    check: Annotated[bool, typer.Option(help="exit 0 once the test email is delivered")] = False,
+    workdir: Annotated[Path | None, typer.Option(help="where the demo writes its config and state")] = None,
+) -> None:
+    """Run relay365 end to end against m365sim (no Microsoft 365 tenant needed)."""
+    from .demo import run_demo
+
+    raise typer.Exit(run_demo(scenario=scenario, check=check, workdir=workdir, console=out))
+
+
+# ---- log ------------------------------------------------------------------------------------------
+@app.command()
+def log(
+    connection: Annotated[str | None, typer.Option(help="only this connection")] = None,
+    limit: Annotated[int, typer.Option(help="how many")] = 20,
+    config: ConfigOption = None,
+) -> None:
+    """Show the latest messages sent, with the diagnosis of failures."""
+    from ._client import Client
+
+    async def main() -> None:
+        async with Client(settings(config)) as client:
+            records = await (await client.store()).recent_sends(limit, connection)
+        table = Table("id", "time", "connection", "from", "to", "status", "code / diagnosis")
+        for r in records:
+            table.add_row(r.id, r.time.strftime("%Y-%m-%d %H:%M:%S"), r.connection, r.sender,
+                          ", ".join(r.recipients), r.status,
+                          " ".join(x for x in (r.code, r.entry_id) if x) or "-")
+        out.print(table)
+
+    run(main())
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
