@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import urllib.parse
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -197,8 +199,20 @@ def _permission_rows(names: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-async def signin(request: Request) -> Response:
-    """The person picked an account: consent, admin approval, or straight back."""
+@dataclass
+class _Posted:
+    """A form posted on the sign-in pages: the pending request and the chosen account."""
+
+    state: SimState
+    flow: str
+    req: AuthorizeRequest
+    app: App
+    user: User
+    form: FormData
+
+
+async def _posted(request: Request) -> _Posted | Response:
+    """The pending request and chosen account, or the page to show instead."""
     state: SimState = request.app.state.sim
     found = _flow(state, request)
     if isinstance(found, Response):
@@ -208,6 +222,15 @@ async def signin(request: Request) -> Response:
     user = state.user(str(form.get("user", "")))
     if user is None:
         return account_picker(state, flow, req, app)
+    return _Posted(state, flow, req, app, user, form)
+
+
+async def signin(request: Request) -> Response:
+    """The person picked an account: consent, admin approval, or straight back."""
+    posted = await _posted(request)
+    if isinstance(posted, Response):
+        return posted
+    state, flow, req, app, user = posted.state, posted.flow, posted.req, posted.app, posted.user
     requested = parse_scopes(" ".join(req.scopes))
     missing = missing_consent(state, app, user, requested)
     if not missing and req.prompt != "consent":
@@ -224,16 +247,12 @@ async def signin(request: Request) -> Response:
 
 
 async def consent(request: Request) -> Response:
-    state: SimState = request.app.state.sim
-    found = _flow(state, request)
-    if isinstance(found, Response):
-        return found
-    flow, req, app = found
-    form = await request.form()
-    user = state.user(str(form.get("user", "")))
-    if user is None:
-        return account_picker(state, flow, req, app)
-    state.authorize_requests.pop(flow, None)
+    """Accept or Cancel on the consent page."""
+    posted = await _posted(request)
+    if isinstance(posted, Response):
+        return posted
+    state, req, app, user, form = posted.state, posted.req, posted.app, posted.user, posted.form
+    state.authorize_requests.pop(posted.flow, None)
     if form.get("action") != "accept":
         return redirect_error(state, req, "access_denied", 65004)
     requested = parse_scopes(" ".join(req.scopes))
