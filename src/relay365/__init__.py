@@ -6,10 +6,10 @@
 Errors are ``relay365.Relay365Error`` subclasses carrying the cause and the fix.
 """
 
-# First: submodules (the Graph transport's User-Agent) read it during this import.
+import typing as _typing
+
 __version__ = "0.1.0"
 
-from ._client import Client, SendResult
 from .config import ConnectionSettings, Settings, load_settings
 from .errors import (
     AuthError,
@@ -22,6 +22,20 @@ from .errors import (
     StoreError,
     TransientError,
 )
+
+if _typing.TYPE_CHECKING:
+    from ._client import Client, SendResult
+
+
+def __getattr__(name: str) -> _typing.Any:
+    # The client pulls in MSAL and httpx; `relay365 sendmail`, which PHP runs for every
+    # mail(), needs neither, so they load only when the client is asked for.
+    if name in ("Client", "SendResult"):
+        from . import _client
+
+        return getattr(_client, name)
+    raise AttributeError(f"module 'relay365' has no attribute {name!r}")
+
 
 __all__ = [
     "AuthError",

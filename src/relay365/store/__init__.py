@@ -1,18 +1,59 @@
 """The store: relay365's one durable store (SQLite by default, PostgreSQL for several nodes).
 
-It owns the schema and its migrations, the encrypted MSAL token caches, each connection's
-sign-in state, the log of direct sends and small settings.  Only this package runs SQL;
-every database failure leaves it as ``relay365.errors.StoreError``.
+It owns the schema and its migrations, the outbox (queued messages, their bodies,
+attempts and state changes), the encrypted MSAL token caches, each connection's sign-in
+state, the log of direct sends and small settings.  Only this package runs SQL; every
+database failure leaves it as ``relay365.errors.StoreError``.
 
     store = await Store.open("sqlite:////var/lib/relay365/relay365.db", box)
-    await store.save_token_cache("contoso", cache.serialize())
+    queue_id = await store.enqueue(NewMessage("contoso", sender, recipients, raw, "smtp", peer))
+    for message in await store.claim_due("node1:4242:0", limit=8, lease_seconds=300):
+        raw = await store.message_body(message.id)
+        ...
+        await store.finish_attempt(message.id, "node1:4242:0", AttemptResult("sent", "graph"), started)
     await store.close()
 
 PostgreSQL: ``postgresql://USER@HOST/DB`` (driver psycopg 3).  To use a schema other
 than ``public``: ``postgresql://USER@HOST/DB?options=-csearch_path%3Dmyschema``.
 """
 
-from ._rows import SEND_STATUSES, ConnectionState, SendRecord, SendStatus
+from ._errors import LeaseLost
+from ._groupcommit import GroupCommitStats
+from ._messages import AttemptResult, NewMessage, new_queue_id
+from ._rows import (
+    ATTEMPT_OUTCOMES,
+    MESSAGE_SOURCES,
+    SEND_STATUSES,
+    Attempt,
+    AttemptOutcome,
+    ConnectionState,
+    Event,
+    MessageSource,
+    MessageState,
+    QueuedMessage,
+    SendRecord,
+    SendStatus,
+)
 from ._store import Cipher, Store
 
-__all__ = ["SEND_STATUSES", "Cipher", "ConnectionState", "SendRecord", "SendStatus", "Store"]
+__all__ = [
+    "ATTEMPT_OUTCOMES",
+    "MESSAGE_SOURCES",
+    "SEND_STATUSES",
+    "Attempt",
+    "AttemptOutcome",
+    "AttemptResult",
+    "Cipher",
+    "ConnectionState",
+    "Event",
+    "GroupCommitStats",
+    "LeaseLost",
+    "MessageSource",
+    "MessageState",
+    "NewMessage",
+    "QueuedMessage",
+    "SendRecord",
+    "SendStatus",
+    "Store",
+    "new_queue_id",
+]

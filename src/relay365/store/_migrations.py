@@ -14,14 +14,17 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
     Connection,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     Table,
     Text,
     false,
@@ -87,8 +90,93 @@ def _first_tables(conn: Connection) -> None:
     md.create_all(conn, checkfirst=False)
 
 
+def _outbox(conn: Connection) -> None:
+    # The value lists are written out, not taken from MessageState: this migration must
+    # keep creating what it created when it was released.
+    md = MetaData()
+    states = "'queued', 'sending', 'sent', 'deferred', 'failed'"
+    messages = Table(
+        "messages", md,
+        Column("id", Text, primary_key=True),
+        Column("connection", Text, nullable=False),
+        Column("sender", Text, nullable=False),
+        Column("recipients", Text, nullable=False),  # JSON array
+        Column("subject", Text, nullable=False),
+        Column("size", Integer, nullable=False),
+        Column("source", Text, nullable=False),
+        Column("client", Text),
+        Column("state", Text, nullable=False),
+        Column("attempts", Integer, nullable=False, server_default=text("0")),
+        Column("received_at", UTCDateTime, nullable=False),
+        Column("updated_at", UTCDateTime, nullable=False),
+        Column("next_attempt_at", UTCDateTime),
+        Column("lease_owner", Text),
+        Column("lease_until", UTCDateTime),
+        Column("last_code", Text),
+        Column("last_entry_id", Text),
+        Column("last_detail", Text),
+        Column("sent_at", UTCDateTime),
+        Column("request_id", Text),
+        CheckConstraint(f"state IN ({states})", name="messages_state"),
+        CheckConstraint("source IN ('smtp', 'sendmail', 'http', 'api')", name="messages_source"),
+        # A lease exactly while sending, a due time whenever deferred: the claim query relies on both.
+        CheckConstraint("(state = 'sending' AND lease_owner IS NOT NULL AND lease_until IS NOT NULL)"
+                        " OR (state <> 'sending' AND lease_owner IS NULL AND lease_until IS NULL)",
+                        name="messages_lease"),
+        CheckConstraint("state <> 'deferred' OR next_attempt_at IS NOT NULL", name="messages_deferred"),
+        CheckConstraint("attempts >= 0", name="messages_attempts"),
+    )
+    # Every query of the outbox starts from a state, so that the sent messages kept for the
+    # log (90 days of them) are never scanned to find the few waiting ones.
+    # claim_due: queued oldest first; deferred by due time; sending by lease end.  Also
+    # listing by state, retrying and purging the dead letter, pruning, counting.
+    Index("messages_queue", messages.c.state, messages.c.received_at, messages.c.id)
+    Index("messages_due", messages.c.state, messages.c.next_attempt_at)
+    Index("messages_lease", messages.c.state, messages.c.lease_until)
+    # list_messages of every state, newest first.
+    Index("messages_by_received", messages.c.received_at, messages.c.id)
+    # Bodies apart: listing and claiming never read them; pruning drops them and keeps the row.
+    Table("message_bodies", md,
+          Column("message_id", Text, ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True),
+          Column("raw", LargeBinary, nullable=False))
+    Table("attempts", md,
+          Column("message_id", Text, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+          Column("number", Integer, nullable=False),
+          Column("started_at", UTCDateTime, nullable=False),
+          Column("finished_at", UTCDateTime, nullable=False),
+          Column("connection", Text, nullable=False),
+          Column("transport", Text, nullable=False),
+          Column("worker", Text),
+          Column("outcome", Text, nullable=False),
+          Column("code", Text),
+          Column("entry_id", Text),
+          Column("request_id", Text),
+          Column("detail", Text),
+          PrimaryKeyConstraint("message_id", "number", name="attempts_pkey"),
+          CheckConstraint("outcome IN ('sent', 'deferred', 'failed')", name="attempts_outcome"))
+    events = Table(
+        "message_events", md,
+        # BIGINT on PostgreSQL; SQLite needs INTEGER PRIMARY KEY for its rowid to number the rows.
+        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+        Column("message_id", Text, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+        Column("time", UTCDateTime, nullable=False),
+        Column("from_state", Text),
+        Column("to_state", Text, nullable=False),
+        Column("detail", Text),
+        CheckConstraint(f"from_state IS NULL OR from_state IN ({states})", name="message_events_from"),
+        CheckConstraint(f"to_state IN ({states})", name="message_events_to"),
+    )
+    Index("message_events_by_message", events.c.message_id, events.c.id)
+    md.create_all(conn, checkfirst=False)
+    if conn.dialect.name == "postgresql":
+        # Uncompressed out-of-line storage: a body is read back in slices without decompressing
+        # it from the start for each one (mail is mostly base64 already: little is lost).
+        conn.execute(text("ALTER TABLE message_bodies ALTER COLUMN raw SET STORAGE EXTERNAL"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "token caches, connection states, send log, settings", _first_tables),
+    Migration(2, "outbox: messages, bodies, attempts, events", _outbox),
 )
 
 

@@ -5,26 +5,35 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, Protocol, Self, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
 from ..errors import StoreError
+from . import _bodies as bodies
+from . import _outbox_queries as outbox
 from . import _queries as queries
 from ._engine import WRITE_OPTION, Place, build_engine, database_url, make_directory, place, sqlite_path
 from ._errors import connecting, running
+from ._groupcommit import GroupCommit, GroupCommitStats
+from ._messages import AttemptResult, NewMessage, new_queue_id
 from ._migrations import migrate, schema_version
-from ._rows import ConnectionState, SendRecord
+from ._outbox_queries import Incoming
+from ._rows import Attempt, ConnectionState, Event, MessageState, QueuedMessage, SendRecord, _require_aware
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 # The fields update_connection_state may change: the key and the timestamp are the store's.
 _STATE_FIELDS = frozenset(f.name for f in dataclasses.fields(ConnectionState)) - {"connection", "updated_at"}
+# Group commit: how long the writer may wait for the rest of a group (see _groupcommit), and
+# the most messages one transaction takes.
+GROUP_COMMIT_WINDOW = 0.002
+GROUP_COMMIT_MAX = 256
 
 
 class Cipher(Protocol):
@@ -63,24 +72,31 @@ class Store:
     """relay365's one durable store, on SQLite (default) or PostgreSQL.
 
     Every method runs its SQL in this store's single worker thread: the event loop never
-    blocks on the database, and one process's SQLite writes are serialised.  Any failure
-    of the database is raised as ``StoreError``, naming the database and the cause.
+    blocks on the database, and one process's SQLite writes are serialised.  Concurrent
+    ``enqueue`` calls are grouped into one transaction (group commit).  Any failure of the
+    database is raised as ``StoreError``, naming the database and the cause.
     """
 
-    def __init__(self, engine: Engine, where: Place, cipher: Cipher, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, engine: Engine, where: Place, cipher: Cipher, executor: ThreadPoolExecutor, *,
+                 group_commit_window: float = GROUP_COMMIT_WINDOW,
+                 group_commit_max: int = GROUP_COMMIT_MAX) -> None:
         # Use Store.open: it migrates the schema before anything reads it.
         self._engine = engine
         self._where = where
         self._cipher = cipher
         self._executor = executor
         self._closed = False
+        self._enqueues: GroupCommit[Incoming, None] = GroupCommit(
+            self._commit_incoming, max_batch=group_commit_max, window=group_commit_window,
+            doing="queuing a message")
 
     @classmethod
-    async def open(cls, url: str, box: Cipher) -> Self:
+    async def open(cls, url: str, box: Cipher, *, group_commit_window: float = GROUP_COMMIT_WINDOW,
+                   group_commit_max: int = GROUP_COMMIT_MAX) -> Self:
         """Connect to ``url``, creating the SQLite file's directory, and apply pending migrations.
 
         ConfigError when the URL is not one relay365 supports; StoreError when the database
-        cannot be reached or migrated.
+        cannot be reached or migrated.  ``group_commit_*``: see ``enqueue``.
         """
         db_url = database_url(url)
         where = place(db_url)
@@ -91,14 +107,17 @@ class Store:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(engine, where, box, executor)
+        return cls(engine, where, box, executor, group_commit_window=group_commit_window,
+                   group_commit_max=group_commit_max)
 
     async def close(self) -> None:
         """Close the database connections; calls made after this raise StoreError."""
         if self._closed:
             return
         self._closed = True
-        # Work already queued runs first: the executor is first in, first out.
+        # Messages already handed to enqueue are committed first, then the work already
+        # queued runs: the executor is first in, first out.
+        await self._enqueues.stop()
         await asyncio.get_running_loop().run_in_executor(self._executor, self._engine.dispose)
         self._executor.shutdown(wait=False)
 
@@ -109,6 +128,10 @@ class Store:
                    *args: P.args, **kwargs: P.kwargs) -> T:
         if self._closed:
             raise StoreError(f"{self._where.name} was closed before {doing}")
+        return await self._in_thread(doing, write, fn, *args, **kwargs)
+
+    async def _in_thread(self, doing: str, write: bool, fn: Callable[Concatenate[Connection, P], T],
+                         *args: P.args, **kwargs: P.kwargs) -> T:
         call = functools.partial(_in_transaction, self._engine, self._where, doing, write,
                                  fn, *args, **kwargs)
         # A cancelled caller does not stop the thread: the transaction still commits or rolls back whole.
@@ -184,6 +207,183 @@ class Store:
     async def set_setting(self, key: str, value: str) -> None:
         """Store ``value`` under ``key``, replacing any previous value."""
         await self._run(f"writing setting {key!r}", True, queries.set_setting, key, value, datetime.now(UTC))
+
+    # -- the outbox ------------------------------------------------------------------------------
+
+    async def enqueue(self, message: NewMessage) -> str:
+        """Queue ``message``; its queue id, once the message and its body are on disk.
+
+        Concurrent calls share one transaction and one fsync (group commit): the writer
+        takes every message waiting, up to ``group_commit_max``, and after a group of
+        several lingers up to ``group_commit_window`` seconds for as many again.  When the
+        transaction fails, every caller in it gets StoreError and none of its messages is
+        queued: answer ``451`` and let the client retry.  A caller cancelled while waiting
+        may still have its message queued (like a client that hangs up after DATA).
+        """
+        if self._closed:
+            raise StoreError(f"{self._where.name} was closed before queuing a message")
+        incoming = Incoming(new_queue_id(), datetime.now(UTC), message)
+        await self._enqueues.submit(incoming)
+        return incoming.id
+
+    async def enqueue_many(self, messages: Sequence[NewMessage]) -> list[str]:
+        """Queue several messages in one transaction of their own: all are queued, or none."""
+        received_at = datetime.now(UTC)
+        batch = [Incoming(new_queue_id(), received_at, message) for message in messages]
+        if batch:
+            await self._run(f"queuing {len(batch)} messages", True, outbox.insert_messages, batch)
+        return [incoming.id for incoming in batch]
+
+    async def _commit_incoming(self, batch: list[Incoming]) -> list[None]:
+        # Runs even while close() drains the last messages: no closed check here.
+        doing = f"queuing {'message ' + batch[0].id if len(batch) == 1 else f'{len(batch)} messages'}"
+        await self._in_thread(doing, True, outbox.insert_messages, batch)
+        return [None] * len(batch)
+
+    @property
+    def enqueue_stats(self) -> GroupCommitStats:
+        """How enqueue calls were grouped into transactions so far (for metrics and tests)."""
+        return self._enqueues.stats
+
+    async def claim_due(self, worker: str, *, limit: int, lease_seconds: float, now: datetime | None = None,
+                        connections: set[str] | None = None) -> list[QueuedMessage]:
+        """Lease up to ``limit`` due messages to ``worker``, oldest first, and start an attempt on each.
+
+        Due: queued (at once), deferred whose ``next_attempt_at`` has come, and sending whose
+        lease ended (its worker died).  They become ``sending`` until ``now + lease_seconds``;
+        renew the lease for longer sends.  Several workers and nodes never get the same message.
+        ``worker`` must be unique to the task that will finish the attempt (host, pid, task).
+        """
+        if limit < 0 or lease_seconds <= 0:
+            raise ValueError(f"limit must be zero or more and lease_seconds more than zero, "
+                             f"got {limit} and {lease_seconds}")
+        if not worker:
+            raise ValueError("worker must name the claiming worker")
+        now = _now(now, "now")
+        if limit == 0 or connections == set():
+            return []
+        return await self._run(f"claiming due messages for {worker}", True, outbox.claim_due, worker,
+                               limit, now, now + timedelta(seconds=lease_seconds), connections)
+
+    async def renew_lease(self, message_id: str, worker: str, lease_seconds: float, *,
+                          now: datetime | None = None) -> bool:
+        """Extend ``worker``'s lease on the message to ``now + lease_seconds``; False if it lost it."""
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be more than zero, got {lease_seconds}")
+        until = _now(now, "now") + timedelta(seconds=lease_seconds)
+        return await self._run(f"renewing the lease of {worker} on {message_id}", True,
+                               outbox.renew_lease, message_id, worker, until)
+
+    async def message_body(self, message_id: str) -> bytes:
+        """The raw message; StoreError when there is no such message or its body was pruned."""
+        raw = await self._run(f"reading the body of {message_id}", False, bodies.read_body, message_id)
+        if raw is None:
+            raise StoreError(f"message {message_id} has no body in {self._where.name}: it was deleted, "
+                             "or pruned after it was sent")
+        return raw
+
+    async def finish_attempt(self, message_id: str, worker: str, result: AttemptResult,
+                             started_at: datetime, *, now: datetime | None = None) -> QueuedMessage:
+        """Record how ``worker``'s attempt ended; the message as it is now.
+
+        The one place an attempt's outcome is written: its attempts row, its event, the
+        message's state (``result.outcome``), due time, last code/diagnosis, sent time, and
+        the lease cleared, in one transaction.  A cancelled caller does not stop it.
+        LeaseLost (a StoreError) when the worker no longer holds the message: its lease
+        expired and another worker claimed it, or it was deleted; nothing is written then.
+        """
+        _require_aware("started_at", started_at)
+        return await self._run(f"recording attempt of {worker} on {message_id}", True,
+                               outbox.finish_attempt, message_id, worker, result, started_at,
+                               _now(now, "now"))
+
+    async def get_message(self, message_id: str) -> QueuedMessage | None:
+        """The message, or None when the outbox has no such message."""
+        return await self._run(f"reading message {message_id}", False, outbox.get_message, message_id)
+
+    async def attempts(self, message_id: str) -> list[Attempt]:
+        """The message's finished attempts, first first."""
+        return await self._run(f"reading the attempts of {message_id}", False, outbox.attempts, message_id)
+
+    async def events(self, message_id: str) -> list[Event]:
+        """The message's changes of state, in order, from its arrival."""
+        return await self._run(f"reading the events of {message_id}", False, outbox.events, message_id)
+
+    async def list_messages(self, *, states: set[MessageState] | None = None, limit: int = 100,
+                            recipient: str | None = None, since: datetime | None = None,
+                            connection: str | None = None) -> list[QueuedMessage]:
+        """Messages newest first, received at or after ``since``, in ``states``, of ``connection``.
+
+        ``recipient``: an address (any case), or ``@domain`` for every address at a domain.
+        """
+        if limit < 0:
+            raise ValueError(f"limit must be zero or more, got {limit}")
+        _require_aware("since", since)
+        if limit == 0 or states == set():
+            return []
+        return await self._run("listing messages", False, outbox.list_messages, states, limit,
+                               recipient, since, connection)
+
+    async def queue_counts(self) -> dict[MessageState, int]:
+        """How many messages are in each state (every state present, zero included)."""
+        return await self._run("counting messages", False, outbox.queue_counts)
+
+    async def retry(self, message_id: str, *, now: datetime | None = None) -> bool:
+        """A failed (dead-letter) or deferred message back to ``queued``, due at once.
+
+        False when there is no such message or it is not failed nor deferred.
+        """
+        moved = await self._run(f"retrying {message_id}", True, outbox.retry, _now(now, "now"),
+                                message_id=message_id)
+        return moved == 1
+
+    async def retry_all_failed(self, *, connection: str | None = None, now: datetime | None = None) -> int:
+        """Every failed message (of ``connection``, when given) back to ``queued``; how many."""
+        return await self._run("retrying failed messages", True, outbox.retry, _now(now, "now"),
+                               connection=connection)
+
+    async def defer_connection(self, connection: str, until: datetime, entry_id: str, detail: str, *,
+                               now: datetime | None = None) -> int:
+        """Hold the connection's queued and deferred messages until ``until``; how many.
+
+        For a connection that cannot send (it needs sign-in): its messages wait without an
+        attempt being counted, with the diagnosis as their last one.  Messages being sent
+        are left to their workers; messages already deferred past ``until`` keep their time.
+        """
+        _require_aware("until", until)
+        return await self._run(f"deferring the messages of connection {connection!r}", True,
+                               outbox.defer_connection, connection, until, entry_id, detail,
+                               _now(now, "now"))
+
+    async def delete_message(self, message_id: str) -> bool:
+        """Remove the message with its body, attempts and events; False when there is none.
+
+        A message being sent can be deleted: its worker's finish_attempt then raises LeaseLost.
+        """
+        return await self._run(f"deleting {message_id}", True, outbox.delete_message, message_id)
+
+    async def purge_failed(self) -> int:
+        """Remove every failed message (the dead letter) with its body, attempts and events; how many."""
+        return await self._run("purging failed messages", True, outbox.purge_failed)
+
+    async def prune(self, *, sent_bodies_before: datetime, log_before: datetime) -> tuple[int, int]:
+        """Retention: (bodies dropped, rows removed).
+
+        Drops the bodies of messages sent before ``sent_bodies_before`` (their rows,
+        attempts and events stay); removes sent and failed messages last changed before
+        ``log_before`` and send-log rows older than it.  Queued, deferred and sending
+        messages are never pruned.
+        """
+        _require_aware("sent_bodies_before", sent_bodies_before)
+        _require_aware("log_before", log_before)
+        return await self._run("pruning old messages", True, outbox.prune, sent_bodies_before, log_before)
+
+
+def _now(now: datetime | None, name: str) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    _require_aware(name, now)
+    return now
 
 
 def _update_and_read(conn: Connection, connection: str, changes: dict[str, Any],
