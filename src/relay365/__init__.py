@@ -33,7 +33,9 @@ def __getattr__(name: str) -> _typing.Any:
     if name in ("Client", "SendResult"):
         from . import _client
 
-        return getattr(_client, name)
+        value = getattr(_client, name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'relay365' has no attribute {name!r}")
 
 

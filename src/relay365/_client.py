@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import email.policy
-import secrets
 from copy import deepcopy
 from dataclasses import dataclass
 from email.headerregistry import Address
@@ -21,7 +20,7 @@ from types import TracebackType
 from .auth import Connection, SecretBox
 from .config import ConnectionSettings, Settings, load_settings
 from .errors import ConfigError, DeliveryError, Relay365Error
-from .store import SendRecord, SendStatus, Store
+from .store import SendRecord, SendStatus, Store, new_queue_id
 from .transport import Envelope, Transport, transport_for
 
 
@@ -39,8 +38,8 @@ class SendResult:
 
 
 def new_message_id() -> str:
-    """A short id for a message, shown in logs and the send log (Postfix-style)."""
-    return secrets.token_hex(6).upper()
+    """A queue-style id for a direct send (the same form as the outbox's ids)."""
+    return new_queue_id()
 
 
 def _addresses(msg: EmailMessage, *headers: str) -> list[str]:

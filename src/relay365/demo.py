@@ -115,6 +115,90 @@ async def _sign_in_and_send(config: Path, ca_file: Path, console: Console) -> An
         return sent
 
 
+class RelayThread:
+    """``relay365 serve`` on a thread of its own, for the demo."""
+
+    def __init__(self, config: Path) -> None:
+        self._config = config
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready: dict[str, Any] = {}
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="relay365-serve", daemon=True)
+
+    def start(self) -> dict[str, Any]:
+        self._thread.start()
+        self._started.wait(60)
+        if self._error is not None:
+            raise self._error
+        return self._ready
+
+    def _run(self) -> None:
+        from .config import load_settings
+        from .serve import serve
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+
+            def ready(info: dict[str, Any]) -> None:
+                self._ready = info
+                self._started.set()
+
+            await serve(load_settings(self._config), stop=self._stop, grace=5, on_ready=ready)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported to the thread that waits in start()
+            self._error = exc
+            self._started.set()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+
+def submit_three_ways(ready: dict[str, Any], config: Path) -> list[str]:
+    """One message through each way in: SMTP, `relay365 sendmail`, the HTTP API."""
+    import os
+    import smtplib
+    import subprocess
+    import sys
+
+    subjects = ["relay365 demo via SMTP", "relay365 demo via sendmail", "relay365 demo via the HTTP API"]
+    with smtplib.SMTP(ready["smtp_host"], ready["smtp_port"], timeout=30) as smtp:
+        smtp.sendmail(DEMO_SHARED, [DEMO_RECIPIENT],
+                      f"From: {DEMO_SHARED}\r\nTo: {DEMO_RECIPIENT}\r\nSubject: {subjects[0]}\r\n\r\n"
+                      "Sent to the local SMTP relay.\r\n".encode())
+    message = (f"From: {DEMO_SHARED}\nTo: {DEMO_RECIPIENT}\nSubject: {subjects[1]}\n\n"
+               "Piped to sendmail -t -i.\n")
+    result = subprocess.run([sys.executable, "-m", "relay365", "sendmail", "-t", "-i"],
+                            input=message.encode(), env={**os.environ, "RELAY365_CONFIG": str(config)},
+                            capture_output=True, timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"relay365 sendmail failed: {result.stderr.decode(errors='replace')}")
+    response = httpx.post(f"{ready['http_url']}/api/v1/messages", timeout=30, json={
+        "from": DEMO_SHARED, "to": [DEMO_RECIPIENT], "subject": subjects[2], "text": "Posted as JSON."})
+    if response.status_code != 202:
+        raise RuntimeError(f"the HTTP API answered {response.status_code}: {response.text}")
+    return subjects
+
+
+def wait_for_subjects(sim: Any, subjects: list[str], timeout: float = 60) -> bool:
+    """True once the demo recipient's m365sim mailbox holds every subject."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = {m.subject for m in sim.mailbox(DEMO_RECIPIENT).messages}
+        if all(s in got for s in subjects):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def run_demo(*, scenario: str, check: bool, workdir: Path | None, console: Console) -> int:
     import m365sim
 
@@ -127,7 +211,10 @@ def run_demo(*, scenario: str, check: bool, workdir: Path | None, console: Conso
     try:
         with m365sim.Simulator(scenario, state_dir=workdir / "m365sim") as sim:
             console.print(f"m365sim ({scenario}) is Microsoft 365 for this demo: {sim.base_url}")
-            write_settings(settings_from_dict(demo_settings(sim, workdir), env={}), config)
+            data = demo_settings(sim, workdir)
+            # OS-chosen ports: the READY line says where they are.
+            data["relay"] = {"smtp": [{"host": "127.0.0.1", "port": 0}], "http_port": 0}
+            write_settings(settings_from_dict(data, env={}), config)
             try:
                 asyncio.run(_sign_in_and_send(config, sim.ca_file, console))
             except Relay365Error as exc:
@@ -142,19 +229,39 @@ def run_demo(*, scenario: str, check: bool, workdir: Path | None, console: Conso
                               f"{DEMO_RECIPIENT}'s mailbox is empty")
                 return 1
             show_delivered(console, delivered[-1])
-            ready = {"config": str(config), "sim_control": sim.control_url,
-                     "senders": [DEMO_ACCOUNT, DEMO_SHARED], "recipient": DEMO_RECIPIENT}
-            console.print("READY " + json.dumps(ready), markup=False, highlight=False, soft_wrap=True)
-            if check:
+            relay = RelayThread(config)
+            served = relay.start()
+            try:
+                console.print(f"The relay is running: SMTP {served['smtp_host']}:{served['smtp_port']}, "
+                              f"HTTP {served['http_url']}")
+                if check:
+                    subjects = submit_three_ways(served, config)
+                    if not wait_for_subjects(sim, subjects):
+                        console.print("[bold red]The demo failed:[/] the relay did not deliver the SMTP, "
+                                      "sendmail and HTTP messages; see `relay365 queue list --config "
+                                      f"{config}`")
+                        return 1
+                    console.print("[green]Delivered[/] one message each through SMTP, sendmail and "
+                                  "the HTTP API")
+                ready = {"config": str(config), "sim_control": sim.control_url,
+                         "senders": [DEMO_ACCOUNT, DEMO_SHARED], "recipient": DEMO_RECIPIENT,
+                         "smtp_host": served["smtp_host"], "smtp_port": served["smtp_port"],
+                         "http_url": served["http_url"]}
+                console.print("READY " + json.dumps(ready), markup=False, highlight=False, soft_wrap=True)
+                if check:
+                    return 0
+                console.print(f"\nTry: swaks --server {served['smtp_host']}:{served['smtp_port']} "
+                              f"--from {DEMO_SHARED} --to {DEMO_RECIPIENT}\n"
+                              f"     relay365 queue list --config {config}\n"
+                              f"Mailboxes: {sim.control_url}/mailboxes/{DEMO_RECIPIENT}/messages\n"
+                              "Ctrl-C stops the demo.")
+                stop = threading.Event()
+                signal.signal(signal.SIGTERM, lambda *_: stop.set())
+                with contextlib.suppress(KeyboardInterrupt):
+                    stop.wait()
                 return 0
-            console.print(f"\nTry: relay365 --help; relay365 send --config {config} --to {DEMO_RECIPIENT} "
-                          "--subject hi --text hello\nMailboxes: " + sim.control_url
-                          + f"/mailboxes/{DEMO_RECIPIENT}/messages\nCtrl-C stops the demo.")
-            stop = threading.Event()
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            with contextlib.suppress(KeyboardInterrupt):
-                stop.wait()
-            return 0
+            finally:
+                relay.stop()
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

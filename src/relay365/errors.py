@@ -3,6 +3,8 @@
     Relay365Error                    every failure relay365 reports; carries a catalogue entry
     ├── ConfigError                  the configuration is invalid or incomplete
     ├── StoreError                   the store (SQLite / PostgreSQL) failed
+    │   └── LeaseLost                a worker finished a message another worker had reclaimed
+    │                                (defined in relay365.store, which raises it)
     ├── AuthError                    a token could not be had
     │   ├── NeedsSignIn              only an interactive sign-in can fix it (refresh revoked...)
     │   └── AuthUnavailable          the identity platform could not be reached: retry

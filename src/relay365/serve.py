@@ -69,7 +69,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None, grace:
     stop = stop or _stop_on_signals(reload_hook=None)
     box = SecretBox.from_environment(settings.key_file)
     store = await Store.open(settings.store_url, box)
-    engine = DeliveryEngine(settings, store)
+    engine = DeliveryEngine(settings, store, sign_in_hold=settings.delivery.sign_in_hold)
     policy = Policy(settings)
     outbox = KickingOutbox(store, engine)
     smtp_servers: list[asyncio.Server] = []

@@ -66,7 +66,10 @@ def test_demo_check_delivers_on_seed_and_diagnoses_no_send_as() -> None:
     ready = json.loads(next(line for line in ok.stdout.splitlines() if line.startswith("READY "))[6:])
     assert ready["senders"] == ["admin@contoso.com", "info@contoso.com"]
     assert ready["recipient"] == "newcomer@example.net"
+    assert ready["smtp_host"] == "127.0.0.1" and ready["smtp_port"] > 0
+    assert ready["http_url"].startswith("http://127.0.0.1:")
     assert "Delivered to newcomer@example.net via graph-mime" in ok.stdout
+    assert "Delivered one message each through SMTP, sendmail and the HTTP API" in ok.stdout
     failing = relay365("demo", "--check", "--scenario", "no-send-as")
     assert failing.returncode == 1
     assert "M365-SEND-AS-DENIED" in failing.stdout

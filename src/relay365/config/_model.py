@@ -207,6 +207,8 @@ class DeliverySettings(BaseModel):
     maximal_backoff: float = Field(4000, gt=0, description="Longest retry delay (seconds).")
     maximal_queue_lifetime: float = Field(5 * 86400, gt=0,
                                           description="Give up on a message after this long (seconds).")
+    sign_in_hold: float = Field(300, gt=0, description="How long a connection that needs sign-in "
+                                                       "holds its mail before checking again (seconds).")
     keep_sent_bodies_days: float = Field(7, ge=0, description="Prune sent messages' bodies after this.")
     keep_log_days: float = Field(90, ge=0, description="Prune log rows after this.")
 

@@ -26,6 +26,8 @@ class LeaseLost(StoreError):
     the price of never losing one (at-least-once delivery).
     """
 
+    default_entry = "R365-LEASE-LOST"
+
 
 def _reason(exc: BaseException) -> str:
     # The driver's own words (SQLAlchemy's wrapper adds the SQL and a link): one line of them.
