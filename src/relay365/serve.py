@@ -10,6 +10,7 @@ due.  SIGTERM and SIGINT stop accepting, let deliveries in flight finish (bounde
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import signal
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from starlette.routing import Route
 from .auth import SecretBox
 from .config import Settings
 from .delivery import DeliveryEngine
+from .errors import StoreError
 from .ingress import Policy, api_routes, start_smtp_listeners
 from .store import Attempt, NewMessage, QueuedMessage, Store
 
@@ -62,49 +64,115 @@ def web_app(settings: Settings, outbox: KickingOutbox, store: Store, policy: Pol
     return Starlette(routes=routes)
 
 
+class _Running:
+    """The parts one configuration runs: SMTP listeners, the HTTP listener, the delivery engine."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.engine = DeliveryEngine(settings, store, sign_in_hold=settings.delivery.sign_in_hold)
+        self.policy = Policy(settings)
+        self.outbox = KickingOutbox(store, self.engine)
+        self.store = store
+        self.smtp: list[asyncio.Server] = []
+        self.http: uvicorn.Server | None = None
+        self.http_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> dict[str, Any]:
+        await self.engine.start()
+        self.smtp = await start_smtp_listeners(self.settings, self.outbox, self.policy)
+        relay = self.settings.relay
+        config = uvicorn.Config(web_app(self.settings, self.outbox, self.store, self.policy),
+                                host=relay.http_host, port=relay.http_port, log_level="warning",
+                                access_log=False, lifespan="off", server_header=False)
+        self.http = uvicorn.Server(config)
+        self.http_task = asyncio.create_task(self.http.serve())
+        while not self.http.started:
+            if self.http_task.done():
+                self.http_task.result()
+                raise RuntimeError("the HTTP listener did not start")
+            await asyncio.sleep(0.01)
+        return _ready_info(self.settings, self.smtp, self.http)
+
+    async def stop(self, grace: float) -> None:
+        for server in self.smtp:
+            server.close()
+        if self.http is not None:
+            self.http.should_exit = True
+        if self.http_task is not None:
+            await self.http_task
+        await self.engine.stop(grace)
+
+
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None, grace: float = 30.0,
                 on_ready: Callable[[dict[str, Any]], None] | None = None,
                 reload: Callable[[], Settings] | None = None) -> None:
-    """Run the relay until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None)."""
-    stop = stop or _stop_on_signals(reload_hook=None)
-    box = SecretBox.from_environment(settings.key_file)
-    store = await Store.open(settings.store_url, box)
-    engine = DeliveryEngine(settings, store, sign_in_hold=settings.delivery.sign_in_hold)
-    policy = Policy(settings)
-    outbox = KickingOutbox(store, engine)
-    smtp_servers: list[asyncio.Server] = []
-    http: uvicorn.Server | None = None
-    http_task: asyncio.Task[None] | None = None
+    """Run the relay until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
+
+    SIGHUP (when ``reload`` is given) re-reads the configuration and restarts the
+    listeners and the engine on it, keeping the store: sessions already open finish on
+    the old rules.  A configuration that does not validate keeps the running one.
+    """
+    stop = stop or _stop_on_signals()
+    reloading = asyncio.Event()
+    if reload is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloading.set)
+    store = await Store.open(settings.store_url, SecretBox.from_environment(settings.key_file))
+    retention = asyncio.create_task(_prune_periodically(store, settings))
     try:
-        await engine.start()
-        smtp_servers = await start_smtp_listeners(settings, outbox, policy)
-        config = uvicorn.Config(web_app(settings, outbox, store, policy), host=settings.relay.http_host,
-                                port=settings.relay.http_port, log_level="warning", access_log=False,
-                                lifespan="off", server_header=False)
-        http = uvicorn.Server(config)
-        http_task = asyncio.create_task(http.serve())
-        while not http.started:
-            if http_task.done():
-                http_task.result()
-                raise RuntimeError("the HTTP listener did not start")
-            await asyncio.sleep(0.01)
-        ready = _ready_info(settings, smtp_servers, http)
-        log.info("relay365 ready: %s", ready)
-        if on_ready is not None:
-            on_ready(ready)
-        if reload is not None:
-            _on_sighup(lambda: _reload(reload, policy))
-        await stop.wait()
-        log.info("stopping: no new mail accepted; deliveries in flight get %.0f s", grace)
+        while True:
+            running = _Running(settings, store)
+            try:
+                ready = await running.start()
+                log.info("relay365 ready: %s", ready)
+                if on_ready is not None:
+                    on_ready(ready)
+                await _first_of(stop, reloading)
+            finally:
+                log.info("stopping: no new mail accepted; deliveries in flight get %.0f s", grace)
+                await running.stop(grace)
+            if stop.is_set() or reload is None:
+                break
+            reloading.clear()
+            settings = _reloaded(reload, settings)
     finally:
-        for server in smtp_servers:
-            server.close()
-        if http is not None:
-            http.should_exit = True
-        if http_task is not None:
-            await http_task
-        await engine.stop(grace)
+        retention.cancel()
+        await asyncio.gather(retention, return_exceptions=True)
         await store.close()
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+def _reloaded(load: Callable[[], Settings], current: Settings) -> Settings:
+    try:
+        new = load()
+    except Exception as exc:  # a bad file must not take the relay down
+        log.error("configuration not reloaded, keeping the running one: %s", exc)
+        return current
+    log.warning("configuration reloaded")
+    return new
+
+
+async def _prune_periodically(store: Store, settings: Settings, every: float = 3600.0) -> None:
+    """Retention: drop sent messages' bodies, then old log rows, once an hour."""
+    while True:
+        now = dt.datetime.now(dt.UTC)
+        delivery = settings.delivery
+        try:
+            bodies, rows = await store.prune(
+                sent_bodies_before=now - dt.timedelta(days=delivery.keep_sent_bodies_days),
+                log_before=now - dt.timedelta(days=delivery.keep_log_days))
+            if bodies or rows:
+                log.info("retention: %d sent bodies and %d old rows pruned", bodies, rows)
+        except StoreError as exc:
+            log.warning("retention skipped: %s", exc)
+        await asyncio.sleep(every)
 
 
 def _ready_info(settings: Settings, smtp_servers: list[asyncio.Server],
@@ -121,23 +189,9 @@ def _ready_info(settings: Settings, smtp_servers: list[asyncio.Server],
     }
 
 
-def _stop_on_signals(reload_hook: Callable[[], None] | None) -> asyncio.Event:
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     return stop
-
-
-def _on_sighup(hook: Callable[[], None]) -> None:
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hook)
-
-
-def _reload(load: Callable[[], Settings], policy: Policy) -> None:
-    """SIGHUP: re-read the configuration; a bad file keeps the running one."""
-    try:
-        load()
-    except Exception as exc:  # the relay keeps running on its current configuration
-        log.error("configuration not reloaded: %s", exc)
-        return
-    log.warning("configuration re-read; listeners and connections change at the next restart")

@@ -1,0 +1,132 @@
+"""`relay365 serve` as a process: dead letter and `queue retry`, SIGHUP reload, health."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from m365sim import Simulator
+from relay365 import Client
+from relay365.auth import sign_in_with_browser
+from relay365.config import settings_from_dict, write_settings
+from relay365.demo import demo_settings, signed_in_browser
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def env() -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("RELAY365_")}, "COLUMNS": "250"}
+
+
+def write_config(sim: Simulator, tmp_path: Path, port: int, **connection: Any) -> Path:
+    data = demo_settings(sim, tmp_path)
+    data["connections"][0].update(connection)
+    data["relay"] = {"smtp": [{"host": "127.0.0.1", "port": port}], "http_port": 0}
+    data["delivery"] = {"minimal_backoff": 0.2}
+    config = tmp_path / "relay365.toml"
+    write_settings(settings_from_dict(data, env={}), config)
+    return config
+
+
+def sign_in(sim: Simulator, config: Path) -> None:
+    async def login() -> None:
+        async with Client(config) as client:
+            await sign_in_with_browser(await client.connection(), on_url=signed_in_browser(sim.ca_file),
+                                       open_browser=False, timeout=30)
+
+    asyncio.run(login())
+
+
+@contextmanager
+def relay(config: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    with subprocess.Popen([sys.executable, "-m", "relay365", "serve", "--config", str(config)],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env()) as proc:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("READY "), line
+        try:
+            yield proc, json.loads(line[6:])
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "relay365", *args], capture_output=True, text=True,
+                          timeout=60, env=env())
+
+
+def eventually(check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+def send(port: int, sender: str, subject: str) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        smtp.sendmail(sender, ["dl@example.org"],
+                      f"From: {sender}\r\nTo: dl@example.org\r\nSubject: {subject}\r\n\r\nhi\r\n".encode())
+
+
+@pytest.mark.m365sim("no-send-as")
+def test_dead_letter_then_queue_retry_after_the_grant(m365sim: Simulator, tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(m365sim, tmp_path, port)
+    sign_in(m365sim, config)
+    with relay(config) as (_, ready):
+        send(port, "info@contoso.com", "dead letter")
+        eventually(lambda: "ErrorSendAsDenied" in cli("queue", "list", "--state", "failed",
+                                                      "--config", str(config)).stdout)
+        listing = cli("queue", "list", "--state", "failed", "--config", str(config)).stdout
+        queue_id = next(line.split()[1] for line in listing.splitlines() if "ErrorSendAsDenied" in line)
+        shown = cli("queue", "show", queue_id, "--config", str(config))
+        assert "M365-SEND-AS-DENIED" in shown.stdout and "Send As permissions" in shown.stdout
+        m365sim.grant_send_as("info@contoso.com", "admin@contoso.com")
+        retried = cli("queue", "retry", queue_id, "--config", str(config))
+        assert retried.returncode == 0, retried.stderr
+        eventually(lambda: len(m365sim.mailbox("dl@example.org").messages) == 1)
+        health = httpx.get(f"{ready['http_url']}/readyz").json()
+    assert health["status"] == "ready"
+    log = cli("log", "--to", "dl@example.org", "--config", str(config))
+    assert queue_id in log.stdout and "sent" in log.stdout
+
+
+def test_sighup_reloads_the_senders(m365sim: Simulator, tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(m365sim, tmp_path, port)
+    sign_in(m365sim, config)
+    with relay(config) as (proc, _):
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            send(port, "sales@contoso.com", "before")
+        assert refused.value.smtp_code == 550
+        write_config(m365sim, tmp_path, port,
+                     senders=["admin@contoso.com", "info@contoso.com", "sales@contoso.com"])
+        proc.send_signal(signal.SIGHUP)
+
+        def accepted() -> bool:
+            try:
+                send(port, "sales@contoso.com", "after")
+            except (OSError, smtplib.SMTPException):
+                return False
+            return True
+
+        eventually(accepted)
