@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck pytest bench clean
+.PHONY: test demo lint typecheck pytest tools bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("relay365 needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -19,7 +19,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
 
-pytest: $(STAMP)
+# Real SMTP peers the tests drive (Debian packages): swaks.
+tools:
+	@command -v swaks >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swaks >/dev/null; } \
+	  || { echo "make test needs swaks: apt-get install swaks"; exit 1; }
+
+pytest: $(STAMP) tools
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest

@@ -130,3 +130,19 @@ def test_sighup_reloads_the_senders(m365sim: Simulator, tmp_path: Path) -> None:
             return True
 
         eventually(accepted)
+
+
+def test_swaks_through_the_relay(m365sim: Simulator, tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(m365sim, tmp_path, port)
+    sign_in(m365sim, config)
+    with relay(config):
+        result = subprocess.run(["swaks", "--server", f"127.0.0.1:{port}", "--from", "info@contoso.com",
+                                 "--to", "swaks@example.org", "--header", "Subject: sent by swaks",
+                                 "--body", "hello from swaks"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout
+        assert "<-  250 2.0.0 Ok: queued as" in result.stdout
+        eventually(lambda: len(m365sim.mailbox("swaks@example.org").messages) == 1)
+    got = m365sim.mailbox("swaks@example.org").messages[0].parsed()
+    assert got["Subject"] == "sent by swaks"
+    assert "hello from swaks" in got.get_content()
