@@ -467,6 +467,10 @@ def log(
         out.print(table)
 
 
+# Commands of other parts register themselves on `app` (kept in their own modules).
+from . import diagnose_cli, integrations_cli  # noqa: E402, F401
+
+
 def main() -> None:
     # `relay365 sendmail` takes sendmail's own flags (-oi, -fSENDER, -FName), which a
     # Typer command would mangle, and is also reached through a `sendmail` symlink.
