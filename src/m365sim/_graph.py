@@ -9,7 +9,10 @@ requests really in flight) but answered after the payload checks.
 
 Accepted mail goes to ``state.mail`` as the MIME a recipient sees: a MIME submission
 as submitted, minus Bcc, plus the Date/Message-ID/From Exchange stamps when missing;
-a JSON message built into MIME by ``_mime``.
+a JSON message built into MIME by ``_mime``.  A draft is created from JSON or, with
+``Content-Type: text/plain``, from base64 MIME (reference §4.3; Microsoft Learn
+"Create message", MIME example); a MIME draft is sent as a MIME submission, with
+the attachments added to it since written into its MIME.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ._mime import (
     Attachment,
     Envelope,
     Rejection,
+    append_attachments,
     build_mime,
     check_recipients,
     decode_mime_body,
@@ -43,6 +47,7 @@ from ._mime import (
     json_recipients,
     mail_date,
     message_id,
+    mime_draft_message,
     read_head,
     restamp,
 )
@@ -153,6 +158,8 @@ class GraphApi:
                       self._answer(self.create_upload_session), methods=["POST"]),
                 Route(f"{prefix}/messages/{{draft}}/send", self._answer(self.send_draft),
                       methods=["POST"]),
+                Route(f"{prefix}/messages/{{draft}}", self._answer(self.delete_draft),
+                      methods=["DELETE"]),
                 Route(prefix, self._answer(self.get_user), methods=["GET"]),
             ]
         routes += [
@@ -296,7 +303,10 @@ class GraphApi:
         raise Rejection("throttled_rate", retry_after=refusal.retry_after)
 
     def mime_submission(self, body: bytes, caller: Caller, mailbox: Mailbox) -> Submission:
-        raw = decode_mime_body(body)
+        return self.raw_submission(decode_mime_body(body), caller, mailbox)
+
+    def raw_submission(self, raw: bytes, caller: Caller, mailbox: Mailbox) -> Submission:
+        """A MIME message as Exchange submits it: recipients from To/Cc/Bcc, Bcc removed."""
         head = read_head(raw)
         from_address = head.from_address()
         on_behalf = self.sending_as(caller, mailbox, from_address)
@@ -343,16 +353,36 @@ class GraphApi:
     async def create_draft(self, request: Request) -> Response:
         caller = self.authenticate(request)
         mailbox = self.mailbox_for(request, caller, _READ_WRITE, "Mail.ReadWrite.Shared")
-        message = _json_object(await read_body(request, self.state.scenario.limits))
-        json_headers(message)  # x- header rules apply when the message is created
-        attachments = [_stored(a, self.state.new_opaque("AAMkAGAtt", 24))
-                       for a in json_attachments(message)]
-        message = {k: v for k, v in message.items() if k != "attachments"}
-        draft = Draft(id=self.state.new_opaque("AAMkAGI2", 32), mailbox=mailbox.address.lower(),
-                      owner_identity=request.state.identity, message=message,
-                      attachments=attachments)
+        body = await read_body(request, self.state.scenario.limits)
+        draft_id = self.state.new_opaque("AAMkAGI2", 32)
+        if request.headers.get("content-type", "").lower().startswith("text/plain"):
+            # MIME: base64 of the whole message; headers and parts are taken as they are,
+            # recipients and From checked at /send (as for a MIME sendMail).
+            raw = decode_mime_body(body)
+            read_head(raw)  # a message must start with its header
+            draft = Draft(id=draft_id, mailbox=mailbox.address.lower(),
+                          owner_identity=request.state.identity,
+                          message=mime_draft_message(raw), mime=raw)
+        else:
+            message = _json_object(body)
+            json_headers(message)  # x- header rules apply when the message is created
+            attachments = [_stored(a, self.state.new_opaque("AAMkAGAtt", 24))
+                           for a in json_attachments(message)]
+            message = {k: v for k, v in message.items() if k != "attachments"}
+            draft = Draft(id=draft_id, mailbox=mailbox.address.lower(),
+                          owner_identity=request.state.identity, message=message,
+                          attachments=attachments)
         self.state.drafts[draft.id] = draft
         return json_response(self._draft_json(draft, mailbox), 201, graph_headers(request))
+
+    async def delete_draft(self, request: Request) -> Response:
+        caller = self.authenticate(request)
+        mailbox = self.mailbox_for(request, caller, _READ_WRITE, "Mail.ReadWrite.Shared")
+        draft = self._draft(request, mailbox)
+        del self.state.drafts[draft.id]
+        for sid in [s.id for s in self.state.upload_sessions.values() if s.draft_id == draft.id]:
+            del self.state.upload_sessions[sid]
+        return Response(status_code=204, headers=graph_headers(request))
 
     def _draft(self, request: Request, mailbox: Mailbox) -> Draft:
         draft = self.state.drafts.get(request.path_params["draft"])
@@ -373,8 +403,9 @@ class GraphApi:
             "importance": draft.message.get("importance", "normal"),
             "isDraft": True,
             "isRead": True,
-            "hasAttachments": bool(draft.attachments),
+            "hasAttachments": bool(draft.attachments or draft.message.get("hasAttachments")),
             "from": draft.message.get("from"),
+            "internetMessageId": draft.message.get("internetMessageId"),
             "sender": draft.message.get("sender"),
             **{k: draft.message.get(k, []) for k in
                ("toRecipients", "ccRecipients", "bccRecipients", "replyTo")},
@@ -412,7 +443,13 @@ class GraphApi:
         async def submission() -> tuple[Submission, str]:
             await read_body(request, self.state.scenario.limits)  # empty, but capped
             attachments = [_loaded(a) for a in draft.attachments]
-            return self.json_submission(draft.message, attachments, caller, mailbox), "graph-draft"
+            if draft.mime is None:
+                return (self.json_submission(draft.message, attachments, caller, mailbox),
+                        "graph-draft")
+            # Refuse before building a huge message (base64 makes attachments a third bigger).
+            self.check_size(mailbox, len(draft.mime) + sum(len(a.data) for a in attachments) * 4 // 3)
+            raw = append_attachments(draft.mime, attachments)
+            return self.raw_submission(raw, caller, mailbox), "graph-draft"
 
         response = await self._submit(request, caller, mailbox, submission)
         self.state.drafts.pop(draft.id, None)  # it moves to Sent Items

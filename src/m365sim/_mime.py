@@ -9,6 +9,11 @@ A JSON message (sendMail, or a draft at /send) becomes the MIME Exchange would b
 From, Sender (send on behalf), To, Cc, Reply-To, Subject, Date, Message-ID, the
 ``x-`` headers, the body, and file attachments, inline ones in a multipart/related.
 
+A draft created from MIME keeps its MIME; attachments added to it afterwards (a POST
+or an upload session) become parts of it at /send, written into the bytes next to
+the client's own parts: inline ones into its multipart/related when it has one, the
+others into its multipart/mixed, which wraps the original root when there is none.
+
 Problems raise ``Rejection`` naming an entry of ``data/graph_errors.toml``.
 """
 
@@ -18,10 +23,13 @@ import binascii
 import itertools
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.policy import SMTP
+from email.message import EmailMessage, Message, MIMEPart
+from email.parser import BytesParser
+from email.policy import SMTP, compat32
+from email.policy import default as default_policy
 from email.utils import formataddr, getaddresses
 from functools import cache
 from typing import Any
@@ -349,3 +357,136 @@ def _attach(msg: EmailMessage, attachments: list[Attachment]) -> None:
                             disposition="inline")
         else:
             msg.add_attachment(a.data, maintype, subtype, filename=a.name)
+
+
+# ---- drafts created from MIME ----------------------------------------------------------
+def mime_draft_message(raw: bytes) -> dict[str, Any]:
+    """What Graph shows of a draft created from MIME: subject, body, addresses, ids."""
+    msg = BytesParser(policy=default_policy).parsebytes(raw)
+    message: dict[str, Any] = {"subject": str(msg.get("Subject", ""))}
+    body = msg.get_body(preferencelist=("html", "plain")) if isinstance(msg, EmailMessage) else None
+    if body is not None:
+        try:
+            content = str(body.get_content())
+        except (LookupError, ValueError):  # an unknown charset
+            content = ""
+        html = body.get_content_subtype() == "html"
+        message["body"] = {"contentType": "html" if html else "text", "content": content}
+    for name, key in (("to", "toRecipients"), ("cc", "ccRecipients"), ("bcc", "bccRecipients"),
+                      ("reply-to", "replyTo")):
+        message[key] = [_email_address(n, a) for n, a in _header_pairs(msg, name)]
+    for name in ("from", "sender"):
+        pairs = _header_pairs(msg, name)
+        if pairs:
+            message[name] = _email_address(*pairs[0])
+    if msg.get("Message-ID"):
+        message["internetMessageId"] = str(msg["Message-ID"]).strip()
+    message["hasAttachments"] = any(True for _ in msg.iter_attachments()) \
+        if isinstance(msg, EmailMessage) and msg.is_multipart() else False
+    return message
+
+
+def _header_pairs(msg: Any, name: str) -> list[tuple[str, str]]:
+    """(display name, address) of an address header, decoded (RFC 2047 names too)."""
+    out: list[tuple[str, str]] = []
+    for value in msg.get_all(name, []):
+        addresses = getattr(value, "addresses", None)
+        pairs = ([(a.display_name, a.addr_spec) for a in addresses] if addresses is not None
+                 else getaddresses([str(value)]))
+        out += [(n, a) for n, a in pairs if a and "@" in a]
+    return out
+
+
+def _email_address(name: str, address: str) -> dict[str, Any]:
+    email = {"address": address}
+    if name:
+        email["name"] = name
+    return {"emailAddress": email}
+
+
+def append_attachments(raw: bytes, attachments: list[Attachment]) -> bytes:
+    """``raw`` with ``attachments`` as MIME parts; every byte of ``raw`` kept, in order.
+
+    Inline attachments go at the end of the first multipart/related, when there is
+    one; the others at the end of the root multipart/mixed, which is made around the
+    original root when the root is something else.
+    """
+    if not attachments:
+        return raw
+    eol = read_head(raw).eol
+    tree = BytesParser(policy=compat32).parsebytes(raw)
+    related = next((p.get_boundary() for p in _own_parts(tree)
+                    if p.get_content_type() == "multipart/related" and p.get_boundary()), None)
+    inline = [a for a in attachments if a.is_inline and related is not None]
+    others = [a for a in attachments if not (a.is_inline and related is not None)]
+    if inline and related is not None:
+        raw = _insert_parts(raw, related, [_attachment_part(a, eol) for a in inline], eol)
+    if others:
+        mixed = tree.get_boundary() if tree.get_content_type() == "multipart/mixed" else None
+        if mixed is None:
+            raw, mixed = _wrap_in_mixed(raw, eol)
+        raw = _insert_parts(raw, mixed, [_attachment_part(a, eol) for a in others], eol)
+    return raw
+
+
+def _own_parts(part: Message) -> Iterator[Message]:
+    """``part`` and the parts it is made of, not those of a message attached to it."""
+    yield part
+    if part.get_content_maintype() == "multipart" and isinstance(part.get_payload(), list):
+        for child in part.get_payload():
+            if isinstance(child, Message):
+                yield from _own_parts(child)
+
+
+def _attachment_part(a: Attachment, eol: bytes) -> bytes:
+    """One attachment as a MIME body part (headers, blank line, base64), no final line end."""
+    maintype, _, subtype = a.content_type.split(";", 1)[0].strip().lower().partition("/")
+    if not maintype or not subtype or maintype == "multipart":
+        maintype, subtype = "application", "octet-stream"
+    part = MIMEPart(policy=SMTP.clone(linesep=eol.decode()))
+    cid = f"<{a.content_id.strip().strip('<>')}>" if a.content_id else None
+    part.set_content(a.data, maintype, subtype, filename=a.name, cid=cid,
+                     disposition="inline" if a.is_inline else "attachment")
+    data = part.as_bytes()
+    return data[:-len(eol)] if data.endswith(eol) else data
+
+
+def _close_delimiter(boundary: str) -> re.Pattern[bytes]:
+    b = re.escape(boundary.encode("ascii", "surrogateescape"))
+    return re.compile(rb"^--" + b + rb"--[ \t]*\r?$", re.MULTILINE)
+
+
+def _insert_parts(raw: bytes, boundary: str, parts: list[bytes], eol: bytes) -> bytes:
+    """``parts`` added before the close delimiter of the multipart with ``boundary``."""
+    opening = b"--" + boundary.encode("ascii", "surrogateescape") + eol
+    added = b"".join(opening + p + eol for p in parts)
+    close = _close_delimiter(boundary).search(raw)
+    if close is None:  # a truncated multipart: close it after the new parts
+        ending = b"" if raw.endswith(b"\n") else eol
+        return raw + ending + added + opening[:-len(eol)] + b"--" + eol
+    return raw[:close.start()] + added + raw[close.start():]
+
+
+# Content-* fields, with their continuation lines: they describe the root's content,
+# so they move into the first part when a multipart/mixed is made around it.
+_CONTENT_FIELDS = re.compile(rb"^content-[!-9;-~]*[ \t]*:.*(?:\r?\n[ \t].*)*(?:\r?\n|\Z)",
+                             re.IGNORECASE | re.MULTILINE)
+
+
+def _wrap_in_mixed(raw: bytes, eol: bytes) -> tuple[bytes, str]:
+    """``raw`` as the only part of a new multipart/mixed root; (message, boundary)."""
+    head = read_head(raw)
+    block, rest = raw[:head.end], raw[head.end:]
+    if block and not block.endswith(b"\n"):
+        block += eol
+    content = b"".join(m.group(0) for m in _CONTENT_FIELDS.finditer(block))
+    block = _CONTENT_FIELDS.sub(b"", block)
+    boundary = f"=_m365sim_{uuid.uuid4().hex}"
+    if not re.search(rb"^mime-version[ \t]*:", block, re.IGNORECASE | re.MULTILINE):
+        block += b"MIME-Version: 1.0" + eol
+    block += f'Content-Type: multipart/mixed; boundary="{boundary}"'.encode() + eol
+    if not rest.startswith((b"\r\n", b"\n")):  # no body, or no blank line before it
+        rest = eol + rest
+    first = content + rest
+    body = eol + b"--" + boundary.encode() + eol + first + eol + b"--" + boundary.encode() + b"--" + eol
+    return block + body, boundary

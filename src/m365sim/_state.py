@@ -98,13 +98,18 @@ class RequestRecord:
 
 @dataclass
 class Draft:
-    """A message created through POST /messages, waiting for attachments and /send."""
+    """A message created through POST /messages, waiting for attachments and /send.
+
+    ``mime`` is the message of a draft created from MIME (``message`` is then what
+    Graph shows of it); attachments added later become parts of it at /send.
+    """
 
     id: str
     mailbox: str  # the mailbox the draft lives in
     owner_identity: str
     message: dict[str, Any]
     attachments: list[dict[str, Any]] = field(default_factory=list)
+    mime: bytes | None = field(default=None, repr=False)
 
 
 @dataclass

@@ -228,6 +228,46 @@ def test_bcc_recipients_receive_a_copy_without_bcc(m365sim: Simulator, graph: ht
         assert b"hidden@example.com" not in delivered.raw
 
 
+# ---- drafts from MIME ----------------------------------------------------------------------
+def test_mime_draft_at_me_is_sent_as_its_mime(m365sim: Simulator, graph: httpx.Client,
+                                              megan: str) -> None:
+    created = graph.post("/me/messages", content=mime(MIME_MESSAGE),
+                         headers=bearer(megan, **{"Content-Type": "text/plain"}))
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert (body["isDraft"], body["subject"], body["body"]) == (
+        True, "Quarterly report", {"contentType": "text", "content": "Numbers attached.\r\n"})
+    assert [r["emailAddress"]["address"] for r in body["bccRecipients"]] == [
+        "secret@example.net", "hidden@example.com"]
+    assert body["from"] == {"emailAddress": {"address": MEGAN, "name": "Megan Bowen"}}
+    sent = graph.post(f"/me/messages/{body['id']}/send", headers=bearer(megan))
+    assert sent.status_code == 202, sent.text
+    [delivered] = m365sim.mailbox("fran@example.org").messages
+    assert (delivered.path, delivered.identity, delivered.sender) == ("graph-draft", MEGAN, MEGAN)
+    assert delivered.recipients == ("fran@example.org", "dana@contoso.com", "secret@example.net",
+                                    "hidden@example.com")
+    assert delivered.raw == MIME_MESSAGE.replace(
+        b"Bcc: secret@example.net,\r\n hidden@example.com\r\n", b"")
+
+
+def test_mime_draft_send_as_is_checked_at_send(m365sim: Simulator, graph: httpx.Client,
+                                               megan: str) -> None:
+    raw = MIME_MESSAGE.replace(b"From: Megan Bowen <megan@contoso.com>", b"From: info@contoso.com")
+    created = graph.post("/me/messages", content=mime(raw),
+                         headers=bearer(megan, **{"Content-Type": "text/plain"}))
+    assert created.status_code == 201, created.text
+    assert_error(graph.post(f"/me/messages/{created.json()['id']}/send", headers=bearer(megan)),
+                 "send_as_denied")
+    assert m365sim.mailbox("fran@example.org").messages == []
+
+
+def test_mime_draft_over_four_megabytes_is_refused(m365sim: Simulator, graph: httpx.Client,
+                                                   megan: str) -> None:
+    response = graph.post("/me/messages", content=mime(MIME_MESSAGE + b"x" * (3 * 1024 * 1024)),
+                          headers=bearer(megan, **{"Content-Type": "text/plain"}))
+    assert_error(response, "request_too_large")
+
+
 # ---- sendMail: permissions and mailboxes ------------------------------------------------------
 def test_send_as_shared_mailbox(m365sim: Simulator, graph: httpx.Client) -> None:
     token = user_token(m365sim, ADMIN)

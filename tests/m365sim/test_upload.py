@@ -6,7 +6,10 @@ import base64
 import os
 from collections.abc import Iterator
 from dataclasses import replace
+from email import message_from_bytes
 from email.message import EmailMessage
+from email.policy import SMTP
+from email.policy import default as default_policy
 from typing import Any
 
 import httpx
@@ -232,12 +235,260 @@ def test_unknown_draft(graph: httpx.Client) -> None:
     assert_error(graph.post("/messages/AAMkNoSuchDraft/send"), "item_not_found")
 
 
-def test_drafts_need_mail_read_write(m365sim: Simulator) -> None:
+@pytest.mark.parametrize("mime", [False, True])
+def test_drafts_need_mail_read_write(m365sim: Simulator, mime: bool) -> None:
     app = m365sim.scenario.app(SEED_APP_ONLY)
     assert app is not None
     m365sim.edit_scenario(lambda s: s.replace_app(replace(app, application_permissions=("Mail.Send",))))
     token = app_only_token(m365sim)
+    headers = {"Authorization": f"Bearer {token}"}
     with https(m365sim, base_url=m365sim.graph_url) as client:
-        response = client.post(f"/users/{ADMIN}/messages", json=DRAFT,
-                               headers={"Authorization": f"Bearer {token}"})
+        if mime:
+            response = client.post(f"/users/{ADMIN}/messages",
+                                   content=base64.b64encode(mime_message()),
+                                   headers={**headers, "Content-Type": "text/plain"})
+        else:
+            response = client.post(f"/users/{ADMIN}/messages", json=DRAFT, headers=headers)
     assert_error(response, "access_denied")
+
+
+# ---- drafts created from MIME ---------------------------------------------------------------
+def mime_message(*, image: bool = True, file: bool = True) -> bytes:
+    """A text+HTML alternative; with ``image`` the HTML is in a related part with an
+    inline image, with ``file`` all of it is in a mixed part with a CSV file."""
+    msg = EmailMessage()
+    msg["From"] = "Admin <admin@contoso.com>"
+    msg["To"] = "Fran <fran@example.org>"
+    msg["Cc"] = "dana@example.org"
+    msg["Bcc"] = "audit@example.net"
+    msg["Subject"] = "Résumé ✓"
+    msg["Message-ID"] = "<mime-draft-1@app.example>"
+    msg["Date"] = "Tue, 01 Jun 2027 09:00:00 +0000"
+    for name, value in MIME_HEADERS.items():
+        msg[name] = value
+    msg.set_content("Text body é\n")
+    msg.add_alternative('<p>HTML body é</p><img src="cid:logo@app.example">\n', subtype="html")
+    if image:
+        parts(msg)[1].add_related(b"\x89PNG small", "image", "png", cid="<logo@app.example>",
+                                  filename="logo.png")
+    if file:
+        msg.add_attachment(b"first attachment", "text", "csv", filename="first.csv")
+    return msg.as_bytes(policy=SMTP)
+
+
+MIME_HEADERS = {"In-Reply-To": "<q1@app.example>", "References": "<q0@app.example> <q1@app.example>",
+                "List-Unsubscribe": "<mailto:unsub@app.example>", "X-Job": "42"}
+
+
+def parse(raw: bytes) -> EmailMessage:
+    msg = message_from_bytes(raw, policy=default_policy)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def structure(msg: EmailMessage) -> list[str]:
+    return [p.get_content_type() for p in msg.walk()]
+
+
+def leaves(msg: EmailMessage) -> list[tuple[str, str | None, str | None, bytes]]:
+    out = []
+    for p in msg.walk():
+        if not p.is_multipart():
+            payload = p.get_payload(decode=True)
+            assert isinstance(payload, bytes)
+            out.append((p.get_content_type(), p.get_filename(), p.get("Content-ID"), payload))
+    return out
+
+
+def create_mime_draft(graph: httpx.Client, raw: bytes, path: str = "/messages") -> dict[str, Any]:
+    response = graph.post(path, content=base64.b64encode(raw),
+                          headers={"Content-Type": "text/plain"})
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def attach(graph: httpx.Client, draft: str, name: str, data: bytes, content_type: str,
+           content_id: str | None = None) -> None:
+    item: dict[str, Any] = {"@odata.type": "#microsoft.graph.fileAttachment", "name": name,
+                            "contentType": content_type,
+                            "contentBytes": base64.b64encode(data).decode()}
+    if content_id:
+        item.update(isInline=True, contentId=content_id)
+    response = graph.post(f"/messages/{draft}/attachments", json=item)
+    assert response.status_code == 201, response.text
+
+
+def without_bcc(raw: bytes) -> bytes:
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    return b"\r\n".join(line for line in head.split(b"\r\n")
+                         if not line.lower().startswith(b"bcc:")) + sep + body
+
+
+def test_mime_draft_keeps_the_message_and_adds_attachments_as_parts(
+        m365sim: Simulator, graph: httpx.Client, uploader: httpx.Client) -> None:
+    raw = mime_message()
+    body = create_mime_draft(graph, raw)
+    assert (body["isDraft"], body["subject"], body["internetMessageId"]) == (
+        True, "Résumé ✓", "<mime-draft-1@app.example>")
+    assert body["body"]["contentType"] == "html" and "HTML body é" in body["body"]["content"]
+    assert body["toRecipients"] == [{"emailAddress": {"address": "fran@example.org",
+                                                      "name": "Fran"}}]
+    assert body["bccRecipients"] == [{"emailAddress": {"address": "audit@example.net"}}]
+    assert body["from"] == {"emailAddress": {"address": ADMIN, "name": "Admin"}}
+    assert body["hasAttachments"] is True
+    draft = body["id"]
+    big, chart = os.urandom(5 * MiB), os.urandom(3000)
+    session = open_session(graph, draft, len(big), name="big.pdf", contentType="application/pdf")
+    assert upload(uploader, session["uploadUrl"], big).status_code == 201
+    attach(graph, draft, "chart.png", chart, "image/png", content_id="chart@app.example")
+    assert graph.post(f"/messages/{draft}/send").status_code == 202
+
+    [delivered] = m365sim.mailbox("fran@example.org").messages
+    assert delivered.path == "graph-draft"
+    assert delivered.recipients == ("fran@example.org", "dana@example.org", "audit@example.net")
+    assert m365sim.mailbox("audit@example.net").messages == [delivered]
+    msg, sent = delivered.parsed(), parse(raw)
+    assert "Bcc" not in msg and b"audit@example.net" not in delivered.raw
+    for name in ("From", "To", "Cc", "Subject", "Message-ID", "Date", *MIME_HEADERS):
+        assert msg[name] == sent[name], name
+    # The inline image joined the related part, the file the mixed one (at their ends).
+    assert structure(msg) == ["multipart/mixed", "multipart/alternative", "text/plain",
+                              "multipart/related", "text/html", "image/png", "image/png",
+                              "text/csv", "application/pdf"]
+    assert leaves(msg) == [*leaves(sent)[:3],
+                           ("image/png", "chart.png", "<chart@app.example>", chart),
+                           leaves(sent)[3], ("application/pdf", "big.pdf", None, big)]
+    related = next(p for p in msg.walk() if p.get_content_type() == "multipart/related")
+    assert parts(related)[2].get_content_disposition() == "inline"
+    assert parts(msg)[-1].get_content_disposition() == "attachment"
+    # Every byte the client sent (but Bcc) is there, in order: the parts went in just
+    # before the close delimiters of the related and the mixed parts.
+    expected = without_bcc(raw)
+    related_boundary, mixed_boundary = related.get_boundary(), msg.get_boundary()
+    assert related_boundary is not None and mixed_boundary is not None
+    closes = [b"--" + b.encode() + b"--" for b in (related_boundary, mixed_boundary)]
+    original, got = _split_at(expected, closes), _split_at(delivered.raw, closes)
+    assert got[2] == original[2]
+    for piece, added, boundary in zip(original, got, (related_boundary, mixed_boundary),
+                                      strict=False):
+        assert added.startswith(piece)
+        assert added[len(piece):].startswith(b"--" + boundary.encode() + b"\r\n")
+
+
+def _split_at(raw: bytes, markers: list[bytes]) -> list[bytes]:
+    """``raw`` cut just before each marker, in turn."""
+    out = []
+    for marker in markers:
+        at = raw.index(marker)
+        out.append(raw[:at])
+        raw = raw[at:]
+    out.append(raw)
+    return out
+
+
+def test_mime_draft_without_a_mixed_root_is_wrapped_in_one(m365sim: Simulator,
+                                                          graph: httpx.Client) -> None:
+    raw = mime_message(image=False, file=False)
+    draft = create_mime_draft(graph, raw)["id"]
+    chart, data = os.urandom(2000), os.urandom(3000)
+    attach(graph, draft, "chart.png", chart, "image/png", content_id="chart@app.example")
+    attach(graph, draft, "data.bin", data, "application/octet-stream")
+    assert graph.post(f"/messages/{draft}/send").status_code == 202
+    [delivered] = m365sim.mailbox("fran@example.org").messages
+    msg, sent = delivered.parsed(), parse(raw)
+    # No related part to put the inline image in: it goes with the file, still inline.
+    assert structure(msg) == ["multipart/mixed", "multipart/alternative", "text/plain",
+                              "text/html", "image/png", "application/octet-stream"]
+    assert leaves(msg) == [*leaves(sent), ("image/png", "chart.png", "<chart@app.example>", chart),
+                           ("application/octet-stream", "data.bin", None, data)]
+    alternative = parts(msg)[0]
+    assert alternative.get_boundary() == sent.get_boundary()
+    for name in ("Subject", "Message-ID", "Date", *MIME_HEADERS):
+        assert msg[name] == sent[name], name
+    assert msg["MIME-Version"] == "1.0"
+    # The original body is the first part, byte for byte.
+    body = without_bcc(raw).partition(b"\r\n\r\n")[2]
+    assert body in delivered.raw
+
+
+def test_single_part_mime_draft_gets_a_mixed_root(m365sim: Simulator, graph: httpx.Client) -> None:
+    raw = (b"From: admin@contoso.com\r\nTo: fran@example.org\r\nSubject: plain\r\n"
+           b"Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: 8bit\r\n"
+           b"\r\nCaf\xe9\r\n")
+    draft = create_mime_draft(graph, raw)["id"]
+    attach(graph, draft, "a.txt", b"A", "text/plain")
+    assert graph.post(f"/messages/{draft}/send").status_code == 202
+    msg = m365sim.mailbox("fran@example.org").messages[0].parsed()
+    text, file = parts(msg)
+    assert msg.get_content_type() == "multipart/mixed"
+    assert (text.get_content_type(), text.get_content_charset(), text["Content-Transfer-Encoding"],
+            text.get_payload(decode=True)) == ("text/plain", "iso-8859-1", "8bit", b"Caf\xe9\r\n")
+    assert (file.get_filename(), file.get_payload(decode=True)) == ("a.txt", b"A")
+
+
+def test_mime_draft_without_attachments_is_sent_as_it_was_made(m365sim: Simulator,
+                                                               graph: httpx.Client) -> None:
+    raw = mime_message()
+    draft = create_mime_draft(graph, raw)["id"]
+    assert graph.post(f"/messages/{draft}/send").status_code == 202
+    [delivered] = m365sim.mailbox("dana@example.org").messages
+    assert delivered.raw == without_bcc(raw)
+
+
+@pytest.mark.parametrize(("content", "key"), [
+    (b"!!! not base64 !!!", "mime_invalid_base64"),
+    (b"", "mime_invalid_base64"),
+    (base64.b64encode(b"no header here, just text\r\n"), "mime_invalid_base64"),
+    (base64.b64encode(b"Subject: x\r\n\r\n" + b"x" * (3 * MiB + 1)), "request_too_large"),
+])
+def test_mime_draft_payload_errors(m365sim: Simulator, graph: httpx.Client, content: bytes,
+                                   key: str) -> None:
+    response = graph.post("/messages", content=content, headers={"Content-Type": "text/plain"})
+    assert_error(response, key)
+    assert m365sim.requests()[-1].status == graph_error(key).status
+
+
+def test_mime_draft_recipients_are_checked_at_send(graph: httpx.Client) -> None:
+    draft = create_mime_draft(graph, b"From: admin@contoso.com\r\nSubject: nobody\r\n\r\nhi\r\n")
+    assert_error(graph.post(f"/messages/{draft['id']}/send"), "invalid_recipients_none")
+
+
+def test_mime_draft_over_max_send_size_is_refused_at_send(
+        m365sim: Simulator, graph: httpx.Client, uploader: httpx.Client) -> None:
+    m365sim.edit_scenario(lambda s: replace(s, limits=replace(s.limits, max_send_size=4 * MiB)))
+    draft = create_mime_draft(graph, mime_message())["id"]
+    session = open_session(graph, draft, 3 * MiB + 1)
+    assert upload(uploader, session["uploadUrl"], os.urandom(3 * MiB + 1)).status_code == 201
+    assert_error(graph.post(f"/messages/{draft}/send"), "message_size_exceeded")
+    assert m365sim.mailbox("fran@example.org").messages == []
+
+
+def test_delete_removes_the_draft_and_its_sessions(graph: httpx.Client,
+                                                   uploader: httpx.Client) -> None:
+    draft = create_mime_draft(graph, mime_message())["id"]
+    url = open_session(graph, draft, 4 * MiB)["uploadUrl"]
+    response = graph.delete(f"/messages/{draft}")
+    assert response.status_code == 204
+    assert_error(graph.post(f"/messages/{draft}/send"), "item_not_found")
+    assert_error(put(uploader, url, b"x", 0, 4 * MiB), "item_not_found")
+    assert_error(graph.delete(f"/messages/{draft}"), "item_not_found")
+
+
+def test_inline_attachment_never_goes_into_an_attached_message(m365sim: Simulator,
+                                                               graph: httpx.Client) -> None:
+    forwarded = parse(mime_message(file=False))  # has a multipart/related of its own
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = ADMIN, "fran@example.org", "Fwd"
+    msg.set_content("See below.\n")
+    msg.add_attachment(forwarded)
+    draft = create_mime_draft(graph, msg.as_bytes(policy=SMTP))["id"]
+    chart = os.urandom(100)
+    attach(graph, draft, "chart.png", chart, "image/png", content_id="chart@app.example")
+    assert graph.post(f"/messages/{draft}/send").status_code == 202
+    got = m365sim.mailbox("fran@example.org").messages[0].parsed()
+    text, attached, image = parts(got)
+    assert (text.get_content_type(), attached.get_content_type()) == ("text/plain", "message/rfc822")
+    assert (image["Content-ID"], image.get_payload(decode=True)) == ("<chart@app.example>", chart)
+    inner = attached.get_payload(0)
+    assert isinstance(inner, EmailMessage)
+    assert leaves(inner) == leaves(forwarded)

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from email import message_from_bytes
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.policy import SMTP
 from email.policy import default as default_policy
 from email.utils import format_datetime, make_msgid
@@ -40,7 +40,8 @@ from relay365.transport import (
     transport_for,
 )
 from relay365.transport._classify import Attempt, parse_retry_after, smtp_failure
-from relay365.transport._draft import graph_draft
+from relay365.transport._draft import graph_draft, split_mime
+from relay365.transport._graph import MAX_REQUEST_BYTES, REQUEST_MARGIN
 from relay365.transport._mime import without_bcc
 from tests.m365sim.conftest import (
     SEED_APP_ONLY,
@@ -78,8 +79,18 @@ def simple_message(sender: str = ADMIN, to: str = "fran@example.org", subject: s
     return msg.as_bytes(policy=SMTP)
 
 
+RICH_HEADERS = {
+    "In-Reply-To": "<q1-2027@app.example>",
+    "References": "<q0-2027@app.example> <q1-2027@app.example>",
+    "List-Unsubscribe": "<https://app.example/unsubscribe?u=42>",
+    "X-Mailer-Job": "quarterly-42",
+}
+RICH_STRUCTURE = ["multipart/mixed", "multipart/related", "multipart/alternative", "text/plain",
+                  "text/html", "image/png", "application/pdf"]
+
+
 def rich_message(sender: str, attachment: bytes, image: bytes) -> bytes:
-    """multipart/alternative with an inline image (cid:), a UTF-8 subject, a big attachment."""
+    """mixed(related(alternative(text, html), inline image), attachment), UTF-8 subject."""
     msg = EmailMessage()
     msg["From"] = f"Contoso Info <{sender}>"
     msg["To"] = "Fran <fran@example.org>"
@@ -87,14 +98,26 @@ def rich_message(sender: str, attachment: bytes, image: bytes) -> bytes:
     msg["Subject"] = "Rapport trimestriel — Grüße ✓"
     msg["Date"] = format_datetime(dt.datetime(2027, 5, 1, 12, 0, tzinfo=dt.UTC))
     msg["Message-ID"] = make_msgid(domain="app.example")
-    msg["X-Mailer-Job"] = "quarterly-42"
-    msg.set_content("See the report.\n")
-    msg.add_alternative('<p>See the report.</p><img src="cid:logo1@app.example">\n', subtype="html")
-    html = list(msg.iter_parts())[1]
-    assert isinstance(html, EmailMessage)
-    html.add_related(image, "image", "png", cid="<logo1@app.example>", filename="logo.png")
+    for name, value in RICH_HEADERS.items():
+        msg[name] = value
+    alternative = MIMEPart()
+    alternative.set_content("See the report — Grüße.\n")
+    alternative.add_alternative('<p>See the report — Grüße.</p><img src="cid:logo1@app.example">\n',
+                                subtype="html")
+    logo = MIMEPart()
+    logo.set_content(image, "image", "png", cid="<logo1@app.example>", filename="logo.png",
+                     disposition="inline")
+    msg.make_related()
+    msg.attach(alternative)
+    msg.attach(logo)
     msg.add_attachment(attachment, "application", "pdf", filename="report.pdf")
-    return msg.as_bytes(policy=SMTP)
+    raw = msg.as_bytes(policy=SMTP)
+    assert [p.get_content_type() for p in parse(raw).walk()] == RICH_STRUCTURE
+    return raw
+
+
+def structure(msg: EmailMessage) -> list[str]:
+    return [p.get_content_type() for p in msg.walk()]
 
 
 def leaves(msg: EmailMessage) -> list[EmailMessage]:
@@ -512,26 +535,130 @@ class DraftServer:
         return httpx.Response(404)
 
 
+def draft_mime(request: tuple[str, str, dict[str, str], bytes]) -> bytes:
+    """The message of a draft created from MIME (and that it was one)."""
+    method, path, headers, body = request
+    assert (method, path.rsplit("/", 1)[1], headers["content-type"]) == (
+        "POST", "messages", "text/plain")
+    assert len(body) <= MAX_REQUEST_BYTES - REQUEST_MARGIN
+    return base64.b64decode(body, validate=True)
+
+
+def cut_out(whole: bytes, part: bytes) -> bytes:
+    """The bytes ``whole`` has and ``part`` lacks, when ``part`` is ``whole`` minus one span."""
+    start = next((i for i, (a, b) in enumerate(zip(whole, part, strict=False)) if a != b),
+                 len(part))
+    end = len(whole) - (len(part) - start)
+    assert whole[:start] + whole[end:] == part
+    return whole[start:end]
+
+
 @pytest.mark.parametrize("camel_case", [False, True])
-def test_large_message_goes_as_draft_with_an_upload_session(camel_case: bool) -> None:
+def test_large_message_goes_as_a_mime_draft_with_an_upload_session(camel_case: bool) -> None:
     server = DraftServer(camel_case=camel_case)
     transport, _ = mock_transport(server)
-    big = os.urandom(9 * MiB + 17)
+    big, image = os.urandom(9 * MiB + 17), os.urandom(5000)
     envelope = Envelope(INFO, ("fran@example.org", "hidden@example.net"),
-                        rich_message(INFO, big, os.urandom(5000)))
+                        rich_message(INFO, big, image))
     outcome = run(send_and_close(transport, envelope))
     assert (outcome.path, outcome.request_id) == ("draft", "sent-1")
+    assert server.requests[0][1] == "/v1.0/me/messages"
+    draft = draft_mime(server.requests[0])
+    # The message as prepared (Bcc added), byte for byte, but for the attachment's part.
+    prepared = prepare_mime(envelope)
+    removed = cut_out(prepared, draft)
+    assert b'filename="report.pdf"' in removed and b"image/png" not in removed
+    assert len(removed) > len(big) * 4 // 3
+    got, sent = parse(draft), parse(prepared)
+    assert structure(got) == RICH_STRUCTURE[:-1]
+    assert shape(got) == shape(sent)[:-1]
+    assert got["Bcc"] == "hidden@example.net"
+    assert all(got[name] == value for name, value in RICH_HEADERS.items())
+    session = json.loads(server.requests[1][3])
+    assert server.requests[1][1].endswith("/messages/AAMk%2Fdraft%3D%3D/attachments/createUploadSession")
+    assert session == {"AttachmentItem": {"attachmentType": "file", "name": "report.pdf",
+                                          "size": len(big), "contentType": "application/pdf",
+                                          "isInline": False}}
     assert bytes(server.uploaded) == big
-    draft = json.loads(server.requests[0][3])
-    assert server.requests[0][:2] == ("POST", "/v1.0/me/messages")
-    assert draft["from"] == {"emailAddress": {"address": INFO, "name": "Contoso Info"}}
-    assert draft["bccRecipients"] == [{"emailAddress": {"address": "hidden@example.net"}}]
-    assert draft["subject"] == "Rapport trimestriel — Grüße ✓"
-    assert draft["internetMessageHeaders"] == [{"name": "X-Mailer-Job", "value": "quarterly-42"}]
     puts = [r for r in server.requests if r[0] == "PUT"]
     assert len(puts) == 3
     assert all("authorization" not in headers for _, _, headers, _ in puts)
     assert server.requests[-1][:2] == ("POST", "/v1.0/me/messages/AAMk%2Fdraft%3D%3D/send")
+    assert len(server.requests) == 1 + 1 + 3 + 1
+
+
+@pytest.mark.parametrize("linesep", ["\r\n", "\n"])
+def test_split_mime_removes_the_largest_parts_first_and_keeps_the_rest_in_place(linesep: str
+                                                                                ) -> None:
+    first, largest, small = os.urandom(int(1.5 * MiB)), os.urandom(int(2.5 * MiB)), b"tiny"
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = ADMIN, "fran@example.org", "three files"
+    msg.set_content("Body\n")
+    msg.add_attachment(first, "application", "octet-stream", filename="first.bin")
+    msg.add_attachment(largest, "application", "zip", filename="largest.zip")
+    msg.add_attachment(small, "text", "plain", filename="small.txt")
+    raw = msg.as_bytes(policy=SMTP.clone(linesep=linesep))
+    split = split_mime(raw, MAX_REQUEST_BYTES - REQUEST_MARGIN)
+    assert split is not None
+    assert [(a.name, a.content_type, a.data, a.is_inline, a.content_id)
+            for a in split.attachments] == [("largest.zip", "application/zip", largest, False, None)]
+    assert b'filename="largest.zip"' in cut_out(raw, split.mime)
+    assert [p[1] for p in shape(parse(split.mime))] == [None, "first.bin", "small.txt"]
+    # A tighter budget takes the next largest too, and reports them in the message's order.
+    tight = split_mime(raw, 100_000)
+    assert tight is not None
+    assert [a.name for a in tight.attachments] == ["first.bin", "largest.zip"]
+    # Already small enough: nothing leaves.
+    roomy = split_mime(raw, 10 * MiB)
+    assert roomy is not None and roomy.attachments == () and roomy.mime == raw
+
+
+def test_split_mime_keeps_an_inline_images_content_id() -> None:
+    image = os.urandom(4 * MiB)
+    raw = rich_message(INFO, b"%PDF small", image)
+    split = split_mime(raw, MAX_REQUEST_BYTES - REQUEST_MARGIN)
+    assert split is not None
+    (logo,) = split.attachments
+    assert (logo.name, logo.content_type, logo.data, logo.is_inline, logo.content_id) == (
+        "logo.png", "image/png", image, True, "logo1@app.example")
+    assert logo.graph_json() == {"attachmentType": "file", "name": "logo.png", "size": len(image),
+                                 "contentType": "image/png", "isInline": True,
+                                 "contentId": "logo1@app.example"}
+    assert structure(parse(split.mime)) == [t for t in RICH_STRUCTURE if t != "image/png"]
+
+
+def test_split_mime_never_takes_the_body_nor_a_signed_part() -> None:
+    budget = MAX_REQUEST_BYTES - REQUEST_MARGIN
+    long_html = simple_message().replace(b"<p>HTML <b>body</b></p>",
+                                         b"<p>line</p>\r\n" * (350 * 1024))
+    assert split_mime(long_html, budget) is None
+    signed = (b"From: a@b.example\r\nTo: c@d.example\r\nSubject: signed\r\nMIME-Version: 1.0\r\n"
+              b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; '
+              b'micalg=sha-256; boundary="S"\r\n\r\n--S\r\n'
+              + simple_message(attachment=os.urandom(4 * MiB)) + b"\r\n--S\r\n"
+              b"Content-Type: application/pkcs7-signature; name=smime.p7s\r\n\r\nc2ln\r\n--S--\r\n")
+    assert split_mime(signed, budget) is None
+
+
+def test_a_body_over_the_limit_falls_back_to_a_json_draft() -> None:
+    server = DraftServer()
+    transport, _ = mock_transport(server)
+    html = "<p>line</p>\n" * (280 * 1024)
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = ADMIN, "fran@example.org", "long"
+    msg.set_content("short text\n")
+    msg.add_alternative(html, subtype="html")
+    raw = msg.as_bytes(policy=SMTP)
+    assert split_mime(raw, MAX_REQUEST_BYTES - REQUEST_MARGIN) is None
+    outcome = run(send_and_close(transport, Envelope(ADMIN, ("fran@example.org",), raw)))
+    assert outcome.path == "draft"
+    method, path, headers, body = server.requests[0]
+    assert (method, path, headers["content-type"]) == ("POST", "/v1.0/me/messages",
+                                                       "application/json")
+    draft = json.loads(body)
+    assert draft["body"]["contentType"] == "HTML"
+    assert draft["body"]["content"].replace("\r\n", "\n") == html
+    assert [r[1].rsplit("/", 1)[1] for r in server.requests] == ["messages", "send"]
 
 
 def test_draft_creation_refused_403_needs_mail_readwrite() -> None:
@@ -650,7 +777,7 @@ def test_envelope_only_recipient_gets_it_and_nobody_sees_bcc(m365sim: Simulator)
     assert "hidden@example.net" in bcc_copy.recipients
 
 
-def test_large_rich_message_goes_through_draft_and_upload_session(m365sim: Simulator) -> None:
+def test_large_rich_message_arrives_with_its_structure_and_bytes(m365sim: Simulator) -> None:
     big, image = os.urandom(12 * MiB), os.urandom(20_000)
     raw = rich_message(INFO, big, image)
     tokens = SimTokens(m365sim, "delegated")
@@ -660,25 +787,62 @@ def test_large_rich_message_goes_through_draft_and_upload_session(m365sim: Simul
     for address in ("fran@example.org", "dana@example.org", "audit@example.net"):
         (delivered,) = m365sim.mailbox(address).messages
         assert delivered.path == "graph-draft"
+        assert (delivered.sender, delivered.identity) == (INFO, ADMIN)
         assert "Bcc" not in delivered.parsed()
-    got = delivered.parsed()
-    sent = parse(raw)
+        assert b"audit@example.net" not in delivered.raw
+    got, sent = delivered.parsed(), parse(raw)
+    # The same tree: mixed(related(alternative(text, html), inline image), attachment) ...
+    assert structure(got) == structure(sent) == RICH_STRUCTURE
+    # ... and every leaf the same: type, filename, Content-ID and decoded bytes.
+    assert shape(got) == shape(sent)
+    assert [p[3] for p in shape(got)][2:] == [image, big]
+    for name in ("Subject", "Message-ID", "Date", "From", "To", "Cc", *RICH_HEADERS):
+        assert got[name] == sent[name], name
     assert got["Subject"] == "Rapport trimestriel — Grüße ✓"
-    assert got["Message-ID"] == sent["Message-ID"]
-    assert got["From"].addresses[0].addr_spec == INFO
-    assert got["X-Mailer-Job"] == "quarterly-42"
-    # Graph's JSON carries the HTML body only (Exchange writes its own text version):
-    # every other part arrives in the same order, type, name, Content-ID and bytes.
-    sent_shape = [p for p in shape(sent) if p[0] != "text/plain"]
-    got_shape = shape(got)
-    assert [p[:3] for p in got_shape] == [p[:3] for p in sent_shape]
-    assert got_shape[1:] == sent_shape[1:]
-    assert got_shape[0][3].decode().strip() == sent_shape[0][3].decode().strip()
-    assert [p.get_content_type() for p in got.walk()][:3] == [
-        "multipart/mixed", "multipart/related", "text/html"]
-    puts = [r for r in m365sim.requests() if r.method == "PUT"]
+    # Everything the relay did not take out arrives as the application wrote it, byte
+    # for byte: the text, HTML and image parts with their own headers and boundaries.
+    boundary = sent.get_boundary()
+    assert boundary is not None
+    body_start = raw.index(b"\r\n\r\n")
+    attachment_part = raw.rindex(b"--" + boundary.encode() + b"\r\n")
+    assert raw[body_start:attachment_part] in delivered.raw
+    requests = m365sim.requests()
+    (created,) = [r for r in requests if r.method == "POST" and r.path.endswith("/me/messages")]
+    assert created.status == 201
+    puts = [r for r in requests if r.method == "PUT"]
     assert len(puts) == 4 and all(r.status in (200, 201) for r in puts)
+    assert not any(r.path.endswith("/attachments") for r in requests)
     assert tokens.forced == []
+
+
+def test_large_inline_image_goes_back_into_its_related_part(m365sim: Simulator) -> None:
+    image, pdf = os.urandom(5 * MiB), os.urandom(200_000)
+    raw = rich_message(INFO, pdf, image)
+    envelope = Envelope(INFO, ("fran@example.org", "dana@example.org"), raw)
+    assert sim_send(m365sim, envelope).path == "draft"
+    (delivered,) = m365sim.mailbox("fran@example.org").messages
+    got, sent = delivered.parsed(), parse(raw)
+    assert structure(got) == RICH_STRUCTURE
+    assert shape(got) == shape(sent)
+    related = next(p for p in got.walk() if p.get_content_type() == "multipart/related")
+    image_part = list(related.iter_parts())[1]
+    assert (image_part["Content-ID"], image_part.get_content_disposition()) == (
+        "<logo1@app.example>", "inline")
+
+
+def test_attachments_under_three_megabytes_are_posted_to_the_mime_draft(m365sim: Simulator
+                                                                         ) -> None:
+    one, two = os.urandom(int(2.5 * MiB)), os.urandom(int(2.5 * MiB))
+    msg = parse(simple_message(attachment=one))
+    msg.add_attachment(two, "application", "zip", filename="two.zip")
+    raw = msg.as_bytes(policy=SMTP)
+    assert sim_send(m365sim, Envelope(ADMIN, ("fran@example.org",), raw)).path == "draft"
+    (delivered,) = m365sim.mailbox("fran@example.org").messages
+    assert structure(delivered.parsed()) == structure(msg)
+    assert shape(delivered.parsed()) == shape(msg)
+    posts = [r for r in m365sim.requests() if r.path.endswith("/attachments")]
+    assert [r.status for r in posts] == [201, 201]
+    assert not any(r.method == "PUT" for r in m365sim.requests())
 
 
 def test_large_message_without_mail_readwrite(m365sim: Simulator) -> None:

@@ -1,5 +1,10 @@
 """Microsoft Graph sendMail: the MIME body by default, a draft with upload sessions past 4 MB.
 
+Past the limit the draft is created from the MIME itself, minus the attachment parts
+that do not fit, which are then added to it (``_draft.split_mime``); a message still
+over the limit without them (a huge body, a signed or encrypted whole) goes as a JSON
+draft instead (``_draft.graph_draft``).
+
 Delegated connections send as the signed-in user at ``/me`` (Graph reads From from the
 MIME, so a shared mailbox with Send As works the same way); app-only connections send
 at ``/users/{sender}``, the sender being the message's From address (or the envelope
@@ -27,7 +32,7 @@ from ..auth import TokenSource
 from ..config import ConnectionSettings
 from ..errors import PermanentError, TransientError
 from ._classify import Attempt, graph_failure, unreachable
-from ._draft import FilePart, graph_draft
+from ._draft import FilePart, graph_draft, split_mime
 from ._mime import from_address, prepare_mime
 from ._types import Envelope, SendOutcome
 
@@ -141,28 +146,49 @@ class GraphTransport:
     # ---- draft + attachments + upload sessions ------------------------------------------
     async def _send_draft(self, raw: bytes, mailbox: str, sender: str, attempt: Attempt
                           ) -> SendOutcome:
-        draft = graph_draft(raw)
-        message = dict(draft.message)
-        if draft.from_ is not None and not await self._is_acting_mailbox(draft.from_address, sender):
-            message["from"] = draft.from_
-        try:
-            created = await self._request("POST", f"{mailbox}/messages",
-                                          attempt.at("draft creation"), json=message)
-        except PermanentError as exc:
-            if exc.status == 403 and exc.entry.id in ("M365-NO-MAIL-SEND", "R365-PERMANENT"):
-                raise PermanentError(exc.message, entry="M365-NEEDS-MAIL-READWRITE", code=exc.code,
-                                     status=exc.status, request_id=exc.request_id) from exc
-            raise
+        """Create a draft (from MIME when it can be), add the attachments, send it."""
+        split = split_mime(raw, self.max_request_bytes - REQUEST_MARGIN)
+        if split is not None:
+            log.debug("draft from MIME for the message from %s, %d parts added afterwards",
+                      sender, len(split.attachments))
+            # Graph reads From (Send As, on behalf) and To/Cc/Bcc from the MIME, as sendMail.
+            created = await self._create_draft(
+                mailbox, attempt, content=base64.b64encode(split.mime),
+                headers={"Content-Type": "text/plain"})
+            attachments = split.attachments
+        else:
+            # What stays (the body, a signed or encrypted whole) is over the limit as MIME.
+            log.info("the %d-byte message from %s is over Graph's request limit as MIME even "
+                     "without its attachments: sending it as a JSON draft (its structure and "
+                     "most headers are not kept)", len(raw), sender)
+            draft = graph_draft(raw)
+            message = dict(draft.message)
+            if draft.from_ is not None and not await self._is_acting_mailbox(
+                    draft.from_address, sender):
+                message["from"] = draft.from_
+            created = await self._create_draft(mailbox, attempt, json=message)
+            attachments = draft.attachments
         draft_id = self._draft_id(created, attempt)
         messages = f"{mailbox}/messages/{quote(draft_id, safe='')}"
         try:
-            for part in draft.attachments:
+            for part in attachments:
                 await self._attach(messages, part, attempt)
             sent = await self._request("POST", f"{messages}/send", attempt.at("send of the draft"))
         except Exception:
             await self._discard(messages, attempt)
             raise
         return SendOutcome("graph", "draft", sent.headers.get("request-id"), len(raw))
+
+    async def _create_draft(self, mailbox: str, attempt: Attempt, **body: Any) -> httpx.Response:
+        """POST the draft; a 403 there means the token lacks Mail.ReadWrite."""
+        try:
+            return await self._request("POST", f"{mailbox}/messages",
+                                       attempt.at("draft creation"), **body)
+        except PermanentError as exc:
+            if exc.status == 403 and exc.entry.id in ("M365-NO-MAIL-SEND", "R365-PERMANENT"):
+                raise PermanentError(exc.message, entry="M365-NEEDS-MAIL-READWRITE", code=exc.code,
+                                     status=exc.status, request_id=exc.request_id) from exc
+            raise
 
     async def _is_acting_mailbox(self, address: str | None, sender: str) -> bool:
         """Whether ``address`` is the mailbox Graph sends from anyway (no ``from`` needed)."""
