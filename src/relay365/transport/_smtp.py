@@ -12,6 +12,7 @@ in ``send``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import ssl
@@ -128,7 +129,15 @@ class SmtpXoauth2Transport:
 
     @staticmethod
     async def _hang_up(smtp: aiosmtplib.SMTP) -> None:
+        protocol = smtp.protocol
         if smtp.is_connected:
             with contextlib.suppress(aiosmtplib.SMTPException, OSError):
                 await smtp.quit(timeout=5)
         smtp.close()
+        # Closing TLS takes a few turns of the loop; a loop that ends right after (a script's
+        # asyncio.run) would otherwise leave the socket unclosed.  aiosmtplib offers no
+        # awaitable for it, so watch its protocol's flag for up to a second.
+        for _ in range(100):
+            if protocol is None or getattr(protocol, "_connection_lost", True):
+                return
+            await asyncio.sleep(0.01)
