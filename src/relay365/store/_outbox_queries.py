@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -38,6 +38,8 @@ from ._rows import QueuedMessage as Message
 from ._schema import attempts as attempts_table
 from ._schema import message_bodies, message_events, messages, sends
 
+T = TypeVar("T")
+
 QUEUED, SENDING, SENT, DEFERRED, FAILED = (MessageState.QUEUED, MessageState.SENDING, MessageState.SENT,
                                            MessageState.DEFERRED, MessageState.FAILED)
 # Ids per "IN (...)": well under SQLite's and psycopg's limits on parameters per statement.
@@ -53,7 +55,7 @@ class Incoming:
     message: NewMessage
 
 
-def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
+def _chunks(ids: Sequence[T]) -> Iterator[Sequence[T]]:
     for start in range(0, len(ids), _IDS_PER_STATEMENT):
         yield ids[start:start + _IDS_PER_STATEMENT]
 
@@ -170,10 +172,12 @@ def _move(conn: Connection, wheres: Sequence[ColumnElement[bool]], to: MessageSt
     for where in wheres:
         found += conn.execute(select(messages.c.id, messages.c.state).where(where)
                               .order_by(messages.c.id).with_for_update()).all()
-    for chunk in _chunks([row.id for row in found]):
-        conn.execute(update(messages).where(messages.c.id.in_(chunk))
+    # Events are built a chunk at a time: holding a 100,000-message queue must not build
+    # 100,000 event rows in memory at once.
+    for chunk in _chunks(found):
+        conn.execute(update(messages).where(messages.c.id.in_([row.id for row in chunk]))
                      .values(state=to.value, updated_at=now, **values))
-    _record_events(conn, [_event(row.id, now, row.state, to, detail) for row in found])
+        _record_events(conn, [_event(row.id, now, row.state, to, detail) for row in chunk])
     return len(found)
 
 
