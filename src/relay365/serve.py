@@ -25,7 +25,7 @@ from starlette.routing import Route
 from .auth import SecretBox
 from .config import Settings
 from .delivery import DeliveryEngine
-from .errors import StoreError
+from .errors import NeedsSignIn, StoreError
 from .ingress import Policy, api_routes, start_smtp_listeners
 from .store import Attempt, NewMessage, QueuedMessage, Store
 
@@ -68,17 +68,27 @@ class _Running:
     """The parts one configuration runs: SMTP listeners, the HTTP listener, the delivery engine."""
 
     def __init__(self, settings: Settings, store: Store) -> None:
+        from .alerts import AlertService  # Apprise loads with it: only a running relay needs it
+
         self.settings = settings
-        self.engine = DeliveryEngine(settings, store, sign_in_hold=settings.delivery.sign_in_hold)
+        self.engine = DeliveryEngine(settings, store, sign_in_hold=settings.delivery.sign_in_hold,
+                                     on_needs_sign_in=self._needs_sign_in)
         self.policy = Policy(settings)
         self.outbox = KickingOutbox(store, self.engine)
         self.store = store
+        # Alerts, the expiry watch and the daily keep-alive refresh run beside delivery.
+        self.alerts = AlertService(settings, settings.alerts, store, enqueue=self.outbox.enqueue)
+        self.alerts_task: asyncio.Task[None] | None = None
         self.smtp: list[asyncio.Server] = []
         self.http: uvicorn.Server | None = None
         self.http_task: asyncio.Task[None] | None = None
 
+    async def _needs_sign_in(self, connection: str, error: NeedsSignIn) -> None:
+        await self.alerts.alerter.needs_sign_in(connection, error)
+
     async def start(self) -> dict[str, Any]:
         await self.engine.start()
+        self.alerts_task = asyncio.create_task(self.alerts.run())
         self.smtp = await start_smtp_listeners(self.settings, self.outbox, self.policy)
         relay = self.settings.relay
         config = uvicorn.Config(web_app(self.settings, self.outbox, self.store, self.policy),
@@ -101,6 +111,10 @@ class _Running:
         if self.http_task is not None:
             await self.http_task
         await self.engine.stop(grace)
+        if self.alerts_task is not None:
+            self.alerts_task.cancel()
+            await asyncio.gather(self.alerts_task, return_exceptions=True)
+        self.alerts.close()
 
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None, grace: float = 30.0,

@@ -1,5 +1,6 @@
 """Configuration: one TOML file (``relay365.toml``), every key overridable by ``RELAY365_*``."""
 
+from ._alerts import AlertSettings
 from ._load import config_path, load_settings, settings_from_dict, write_settings
 from ._model import (
     DEFAULT_AUTHORITY_HOST,
@@ -16,6 +17,7 @@ from ._model import (
 __all__ = [
     "DEFAULT_AUTHORITY_HOST",
     "DEFAULT_GRAPH_URL",
+    "AlertSettings",
     "ApiKey",
     "ClientUser",
     "ConnectionSettings",

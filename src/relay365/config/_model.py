@@ -14,6 +14,8 @@ from typing import Literal
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from ._alerts import AlertSettings
+
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 DEFAULT_GRAPH_URL = "https://graph.microsoft.com/v1.0"
 _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
@@ -230,6 +232,7 @@ class Settings(BaseModel):
     connections: list[ConnectionSettings] = Field(default_factory=list)
     relay: RelaySettings = Field(default_factory=RelaySettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     @model_validator(mode="after")
     def _unique(self) -> Settings:

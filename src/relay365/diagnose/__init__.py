@@ -1,9 +1,35 @@
-"""Diagnose: the catalogue of failures, each with its cause and fix in plain words.
+"""Diagnose: the catalogue of failures, each with its cause and fix in plain words, and the
+doctor that checks a connection end to end.
 
 The catalogue is data (``catalogue.toml``), keyed by what Microsoft answers: AADSTS
-numbers, Graph error codes, SMTP replies, and relay365's own conditions.
+numbers, Graph error codes, SMTP replies, and relay365's own conditions.  The doctor
+(``run_doctor``) and the credential expiries (``credential_expiries``) load lazily: auth,
+transport and store import this package for the catalogue, and the doctor imports them.
 """
 
-from ._catalogue import Entry, catalogue, find_entry, lookup_entry
+import typing as _typing
 
-__all__ = ["Entry", "catalogue", "find_entry", "lookup_entry"]
+from ._catalogue import Entry, Match, catalogue, find_entry, lookup_entry, match_entry
+
+if _typing.TYPE_CHECKING:
+    from ._doctor import Check, DoctorReport, config_failure, run_doctor
+    from ._expiry import WARN_DAYS, CredentialExpiry, credential_expiries, graph_http
+
+_LAZY = {"Check": "_doctor", "DoctorReport": "_doctor", "config_failure": "_doctor",
+         "run_doctor": "_doctor", "WARN_DAYS": "_expiry", "CredentialExpiry": "_expiry",
+         "credential_expiries": "_expiry", "graph_http": "_expiry"}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["WARN_DAYS", "Check", "CredentialExpiry", "DoctorReport", "Entry", "Match", "catalogue",
+           "config_failure", "credential_expiries", "find_entry", "graph_http", "lookup_entry",
+           "match_entry", "run_doctor"]
