@@ -19,10 +19,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
 
-# Real SMTP peers the tests drive (Debian packages): swaks.
+# Real peers the tests drive (Debian packages): swaks (SMTP), PHP with PHPMailer (WordPress's
+# mailer), systemd-analyze (the generated unit).
+DEB_TOOLS := swaks php-cli libphp-phpmailer systemd
 tools:
-	@command -v swaks >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swaks >/dev/null; } \
-	  || { echo "make test needs swaks: apt-get install swaks"; exit 1; }
+	@if ! command -v swaks >/dev/null || ! command -v php >/dev/null || ! command -v systemd-analyze >/dev/null \
+	    || [ ! -f /usr/share/php/libphp-phpmailer/autoload.php ]; then \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_TOOLS) >/dev/null; } \
+	  || { echo "make test needs: apt-get install $(DEB_TOOLS)"; exit 1; }; fi
 
 pytest: $(STAMP) tools
 	$(BIN)/pytest -q

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from . import metrics
 from .auth import SecretBox
 from .config import Settings
 from .delivery import DeliveryEngine
@@ -41,6 +42,7 @@ class KickingOutbox:
 
     async def enqueue(self, message: NewMessage) -> str:
         queue_id = await self._store.enqueue(message)
+        metrics.message_accepted(message.source)
         self._engine.kick()
         return queue_id
 
@@ -60,7 +62,7 @@ def web_app(settings: Settings, outbox: KickingOutbox, store: Store, policy: Pol
         return JSONResponse({"status": "ready", "queue": {str(k): v for k, v in counts.items()}})
 
     routes = [Route("/healthz", healthz), Route("/readyz", readyz),
-              *api_routes(settings, outbox, policy)]
+              metrics.metrics_route(store.queue_counts), *api_routes(settings, outbox, policy)]
     return Starlette(routes=routes)
 
 

@@ -951,3 +951,15 @@ def test_smtp_refused_token_is_refreshed_once(m365sim: Simulator) -> None:
     sim_send(m365sim, ENVELOPE, tokens=tokens, transport="smtp-xoauth2")
     assert tokens.forced == [("smtp", tokens.issued[1])]
     assert len(m365sim.mailbox("fran@example.org").messages) == 2
+
+
+def test_with_from_replaces_from_and_sender_only() -> None:
+    from relay365.transport import from_address, with_from
+
+    raw = (b"From: WordPress <wordpress@shop.example>\r\nSender: x@shop.example\r\nTo: a@example.org\r\n"
+           b"Subject: s\r\n\r\nbody\r\nFrom: not a header\r\n")
+    out = with_from(raw, "info@contoso.com", "Contoso")
+    assert out.startswith(b"From: Contoso <info@contoso.com>\r\n")
+    assert b"Sender:" not in out.split(b"\r\n\r\n")[0]
+    assert out.endswith(b"\r\n\r\nbody\r\nFrom: not a header\r\n")
+    assert from_address(out) == "info@contoso.com"

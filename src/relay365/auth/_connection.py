@@ -24,6 +24,7 @@ from typing import Any
 
 import msal
 
+from .. import metrics
 from ..config import ConnectionSettings
 from ..errors import AuthError, AuthUnavailable, ConfigError, NeedsSignIn, StoreError
 from ..store import Store
@@ -164,17 +165,20 @@ class Connection:
             if not retried and await self._reload_cache():
                 return await self._acquire(resource, force=force, retried=True)
             await self._record_failure(exc, detail, needs_sign_in=True)
+            metrics.token_refreshed(self.name, ok=False)
             raise
         except AuthUnavailable:
             raise
         except AuthError as exc:
             await self._record_failure(exc, detail, needs_sign_in=False)
+            metrics.token_refreshed(self.name, ok=False)
             raise
         finally:
             await self._save_cache()
         token = self._access_token(result)
         self._current[resource] = token
         if result.get("token_source") == "identity_provider":
+            metrics.token_refreshed(self.name, ok=True)
             logger.info("connection %s: new %s token from the identity platform", self.name, resource)
             await self._update_state(last_refresh_at=_now(), needs_sign_in=False, entry_id=None,
                                      detail=None)

@@ -31,11 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from .. import metrics
 from ..auth import Connection, Resource
 from ..config import ConnectionSettings, Settings
 from ..errors import NeedsSignIn, Relay365Error, StoreError, TransientError
 from ..store import AttemptResult, LeaseLost, MessageState, QueuedMessage, Store
-from ..transport import Envelope, Transport, transport_for
+from ..transport import Envelope, Transport, from_address, transport_for, with_from
 from ._holds import NeedsSignInHook, SignInHolds
 from ._log import about, log_outcome
 from ._pacing import Pacer
@@ -327,7 +328,7 @@ class DeliveryEngine:
                 raw = await self._store.message_body(message.id)
                 transport = self._transport(conn)
                 flight.sending = True
-                outcome = await transport.send(Envelope(message.sender, message.recipients, raw))
+                outcome = await transport.send(_envelope(conn, message.sender, message.recipients, raw))
         except Relay365Error as exc:
             return await self._failed(flight, exc)
         except Exception as exc:  # a transport let a foreign error out: retry it, and say so loudly
@@ -381,6 +382,7 @@ class DeliveryEngine:
                       "after its lease ends", message.id, result.outcome, exc, extra=about(message))
             return
         log_outcome(message, result, finished.attempts)
+        metrics.attempt_finished(message.connection, result.outcome, result.entry_id)
 
     # ---- transports -------------------------------------------------------------------
 
@@ -405,3 +407,17 @@ class DeliveryEngine:
         tokens, self._tokens = self._tokens, {}
         for connection in tokens.values():
             connection.close()
+
+
+def _envelope(conn: ConnectionSettings, sender: str, recipients: tuple[str, ...], raw: bytes) -> Envelope:
+    """What the transport sends; with force_from, a From the connection does not own (an
+    application's default such as wordpress@host) becomes the connection's sender, since
+    Microsoft refuses to send as an address the account has no right to."""
+    if not conn.force_from or conn.sender is None:
+        return Envelope(sender, recipients, raw)
+    header_from = (from_address(raw) or "").lower()
+    if header_from in conn.senders and sender.lower() in conn.senders:
+        return Envelope(sender, recipients, raw)
+    if header_from not in conn.senders:
+        raw = with_from(raw, conn.sender, conn.sender_name)
+    return Envelope(conn.sender, recipients, raw)

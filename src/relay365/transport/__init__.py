@@ -17,7 +17,7 @@ from __future__ import annotations
 from ..auth import TokenSource
 from ..config import ConnectionSettings
 from ._graph import GraphTransport
-from ._mime import prepare_mime
+from ._mime import from_address, prepare_mime, with_from
 from ._smtp import SmtpXoauth2Transport
 from ._types import Envelope, SendOutcome, Transport
 
@@ -27,8 +27,10 @@ __all__ = [
     "SendOutcome",
     "SmtpXoauth2Transport",
     "Transport",
+    "from_address",
     "prepare_mime",
     "transport_for",
+    "with_from",
 ]
 
 

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .. import __version__
+from .. import __version__, metrics
 from ..auth import TokenSource
 from ..config import ConnectionSettings
 from ..errors import PermanentError, TransientError
@@ -269,9 +269,11 @@ class GraphTransport:
         target = f"{self._base}{url}" if graph else url
         all_headers = {"client-request-id": str(uuid.uuid4()), **(headers or {})}
         try:
-            response = await self._client.request(
-                method, target, content=content, json=json, headers=all_headers,
-                auth=self._auth if graph else None)
+            with metrics.graph_timer(attempt.step) as timer:
+                response = await self._client.request(
+                    method, target, content=content, json=json, headers=all_headers,
+                    auth=self._auth if graph else None)
+                timer.status = response.status_code
         except httpx.RequestError as exc:
             raise unreachable(exc, attempt) from exc
         if response.is_success:

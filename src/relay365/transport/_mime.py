@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from email.utils import getaddresses
+from email.utils import formataddr, getaddresses
 
 from ..errors import PermanentError
 from ._types import Envelope
@@ -23,6 +23,8 @@ from ._types import Envelope
 _PLAIN_ADDRESS = re.compile(r"[^\s<>,;\"()\\\x00-\x1f\x7f]+@[^\s<>,;\"()\\@\x00-\x1f\x7f]+")
 _BCC_FIELD = re.compile(rb"^bcc[ \t]*:(?P<value>[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)(?P<eol>\r?\n|\Z)",
                         re.IGNORECASE | re.MULTILINE)
+_FROM_FIELDS = re.compile(rb"^(?:from|sender)[ \t]*:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*(?:\r?\n|\Z)",
+                          re.IGNORECASE | re.MULTILINE)
 _ANY_BCC_FIELD = re.compile(rb"^(?:resent-)?bcc[ \t]*:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*(?:\r?\n|\Z)",
                             re.IGNORECASE | re.MULTILINE)
 
@@ -103,3 +105,20 @@ def without_bcc(raw: bytes) -> bytes:
     head, rest = split_head(raw)
     stripped = _ANY_BCC_FIELD.sub(b"", head)
     return raw if stripped == head else stripped + rest
+
+
+def with_from(raw: bytes, address: str, display_name: str | None = None) -> bytes:
+    """``raw`` sent as ``address`` (force_from): its From and Sender fields replaced.
+
+    Only the header block changes; the body and every other field stay as they are.
+    """
+    if not _PLAIN_ADDRESS.fullmatch(address):
+        raise PermanentError(f"the connection's sender {address!r} cannot be written into a From "
+                             "field", entry="R365-CONFIG")
+    head, rest = split_head(raw)
+    eol = b"\r\n" if b"\r\n" in head or (not head and rest.startswith(b"\r\n")) else b"\n"
+    field = formataddr((display_name or "", address), charset="utf-8").encode("utf-8")
+    head = _FROM_FIELDS.sub(b"", head)
+    if head and not head.endswith(b"\n"):
+        head += eol
+    return b"From: " + field + eol + head + rest
