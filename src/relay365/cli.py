@@ -467,6 +467,62 @@ def log(
         out.print(table)
 
 
+# ---- clients of the relay: SMTP users and API keys -----------------------------------------------
+def _add_client(config: Path | None, table: str, entry: dict[str, Any]) -> Path:
+    """Append ``entry`` to ``relay.<table>`` in the configuration, validated, 0600."""
+    import tomllib
+
+    path = config_path(config)
+    data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    relay = data.setdefault("relay", {})
+    entries = relay.setdefault(table, [])
+    if any(e.get("name") == entry["name"] for e in entries):
+        err.print(f"[red]error:[/] {path} already has relay.{table} entry {entry['name']!r}")
+        raise typer.Exit(1)
+    entries.append(entry)
+    try:
+        write_settings(settings_from_dict(data, source=str(path), env={}), path)
+    except Relay365Error as exc:
+        fail(exc)
+    return path
+
+
+user_app = typer.Typer(help="SMTP clients that log in (printers, LAN apps).", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+api_key_app = typer.Typer(help="Keys for the HTTP API.", no_args_is_help=True)
+app.add_typer(api_key_app, name="api-key")
+
+
+@user_app.command("add")
+def user_add(
+    name: str,
+    sender: Annotated[list[str] | None, typer.Option(help="a sender this user may use (repeat)")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Add an SMTP login (the password is asked for and stored as an argon2id hash)."""
+    from .ingress import hash_password
+
+    password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    path = _add_client(config, "users", {"name": name, "password_hash": hash_password(password),
+                                         "senders": list(sender or [])})
+    out.print(f"Added SMTP user {name!r} to {path}; restart or SIGHUP `relay365 serve` to use it.")
+
+
+@api_key_app.command("add")
+def api_key_add(
+    name: str,
+    sender: Annotated[list[str] | None, typer.Option(help="a sender this key may use (repeat)")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Create an HTTP API key: printed once, stored only as an argon2id hash."""
+    from .ingress import hash_password, new_api_key
+
+    key = new_api_key()
+    path = _add_client(config, "api_keys", {"name": name, "key_hash": hash_password(key),
+                                            "senders": list(sender or [])})
+    out.print(f"API key {name!r} (shown once, keep it now): {key}", markup=False, soft_wrap=True)
+    out.print(f"Stored as a hash in {path}; send it as `Authorization: Bearer KEY`.")
+
 # Commands of other parts register themselves on `app` (kept in their own modules).
 from . import diagnose_cli, integrations_cli  # noqa: E402, F401
 

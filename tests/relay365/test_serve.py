@@ -146,3 +146,28 @@ def test_swaks_through_the_relay(m365sim: Simulator, tmp_path: Path) -> None:
     got = m365sim.mailbox("swaks@example.org").messages[0].parsed()
     assert got["Subject"] == "sent by swaks"
     assert "hello from swaks" in got.get_content()
+
+
+def test_api_key_and_user_added_by_the_cli_are_accepted(m365sim: Simulator, tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(m365sim, tmp_path, port)
+    sign_in(m365sim, config)
+    added = subprocess.run([sys.executable, "-m", "relay365", "api-key", "add", "shop",
+                            "--sender", "info@contoso.com", "--config", str(config)],
+                           capture_output=True, text=True, timeout=60, env=env())
+    assert added.returncode == 0, added.stderr
+    key = next(w for w in added.stdout.split() if w.startswith("r365_"))
+    user = subprocess.run([sys.executable, "-m", "relay365", "user", "add", "printer",
+                           "--config", str(config)], input="s3cret-pass\ns3cret-pass\n",
+                          capture_output=True, text=True, timeout=60, env=env())
+    assert user.returncode == 0, user.stderr
+    text = config.read_text()
+    assert key not in text and "s3cret-pass" not in text and "$argon2id$" in text
+    with relay(config) as (_, ready):
+        url = ready["http_url"].replace("127.0.0.1", "localhost")
+        ok = httpx.post(f"{url}/api/v1/messages", headers={"Authorization": f"Bearer {key}"}, json={
+            "from": "info@contoso.com", "to": ["api@example.org"], "subject": "by key", "text": "hi"})
+        wrong = httpx.post(f"{url}/api/v1/messages", headers={"Authorization": "Bearer nope"}, json={
+            "from": "info@contoso.com", "to": ["api@example.org"], "subject": "no", "text": "hi"})
+        assert (ok.status_code, wrong.status_code) == (202, 401)
+        eventually(lambda: len(m365sim.mailbox("api@example.org").messages) == 1)
