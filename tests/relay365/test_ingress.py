@@ -14,10 +14,12 @@ import datetime as dt
 import ipaddress
 import itertools
 import logging
+import random
 import smtplib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,6 +43,7 @@ from relay365.ingress._headers import (
     read_header,
     remove_fields,
 )
+from relay365.ingress._smtp import RelayHandler, RelaySMTP
 from relay365.store import NewMessage, Store
 
 T = TypeVar("T")
@@ -617,6 +620,198 @@ def test_a_listener_that_cannot_start_says_why(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         with pytest.raises(relay365.errors.ConfigError, match=f"cannot listen for SMTP on 127.0.0.1:{port}"):
             RelayThread(relay_settings(tmp_path, smtp=[{"host": "127.0.0.1", "port": port}]), FailingStore())
+
+
+# -- reading DATA ---------------------------------------------------------------------------------
+
+
+def data_session(port: int) -> RawSession:
+    """A raw session up to the 354 of DATA."""
+    session = RawSession(port)
+    session.command(b"EHLO client.example")
+    assert session.command(b"MAIL FROM:<info@contoso.com>") == replies.SENDER_OK
+    assert session.command(b"RCPT TO:<alice@example.com>") == replies.RECIPIENT_OK
+    assert session.command(b"DATA").startswith("354 ")
+    return session
+
+
+def dot_stuff(raw: bytes) -> bytes:
+    """``raw`` as on the wire: a dot added to every line that starts with one, and the end."""
+    stuffed = raw.replace(b"\r\n.", b"\r\n..")
+    return (b"." + stuffed if stuffed.startswith(b".") else stuffed) + b".\r\n"
+
+
+DOTTED = (b".From: Contoso <info@contoso.com>\r\n"  # not a header field, but a message must arrive as sent
+          b"To: alice@example.com\r\n"
+          b"\r\n"
+          b".\r\n"
+          b"..\r\n"
+          b"...and three\r\n"
+          b". \r\n"
+          b"a.\r\n"
+          b".\r\n")
+
+
+@pytest.mark.parametrize("raw", [RAW + b".\r\n..\r\n...\r\n", DOTTED.replace(b".From", b"From", 1),
+                                 RAW + b"\r\n.\r\n"], ids=["dots", "dot-lines", "ends-with-a-dot-line"])
+def test_dot_stuffed_lines_arrive_byte_for_byte(relay: RelayThread, raw: bytes) -> None:
+    with relay.smtp() as smtp:  # smtplib does the dot-stuffing
+        qid = queue_id(send(smtp, "info@contoso.com", ["alice@example.com"], raw))
+    assert stored(relay, qid)[1] == raw
+
+
+def test_data_split_anywhere_across_packets(relay: RelayThread) -> None:
+    raw = RAW + b".\r\n..\r\n"
+    wire = dot_stuff(raw)
+    for split in (1, 2, 3, len(wire) - 5, len(wire) - 4, len(wire) - 3, len(wire) - 2, len(wire) - 1):
+        session = data_session(relay.port)
+        try:
+            session.send(wire[:split])
+            time.sleep(0.02)
+            session.send(wire[split:])
+            qid = queue_id(session.read())
+        finally:
+            session.close()
+        assert stored(relay, qid)[1] == raw
+
+
+def test_pipelined_commands_right_after_the_end_of_data(relay: RelayThread) -> None:
+    session = RawSession(relay.port)
+    try:
+        assert session.command(b"EHLO client.example").startswith("250-")
+        transaction = b"MAIL FROM:<info@contoso.com>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n"
+        # RFC 2920: the client may not send past DATA before the 354, but may right after the end.
+        session.send(transaction)
+        assert [session.read() for _ in range(3)][-1].startswith("354 ")
+        session.send(dot_stuff(RAW) + transaction)
+        first = queue_id(session.read())
+        assert [session.read() for _ in range(3)] == [
+            replies.SENDER_OK, replies.RECIPIENT_OK, "354 End data with <CR><LF>.<CR><LF>"]
+        session.send(dot_stuff(DOTTED.replace(b".From", b"From", 1)) + b"NOOP\r\n")
+        second = queue_id(session.read())
+        assert session.read() == "250 OK"
+    finally:
+        session.close()
+    assert stored(relay, first)[1] == RAW
+    assert stored(relay, second)[1] == DOTTED.replace(b".From", b"From", 1)
+
+
+def test_an_empty_message_ends_at_once_and_keeps_the_session_in_step(relay: RelayThread) -> None:
+    session = data_session(relay.port)
+    try:
+        session.send(b".\r\nNOOP\r\n")
+        qid = queue_id(session.read())
+        assert session.read() == "250 OK"
+    finally:
+        session.close()
+    assert stored(relay, qid)[1] == b""
+
+
+def test_a_message_over_the_size_limit_is_refused_after_data_and_the_session_goes_on(tmp_path: Path) -> None:
+    thread = RelayThread(relay_settings(tmp_path, max_message_size=3000))
+    try:
+        # The limit counts the data as sent, dot-stuffing included (RAW has two lines to stuff).
+        for size in (3000 - len(RAW) - 2, 3001 - len(RAW) - 2, 3_000_000):
+            body = RAW + b"x" * (size - 2) + b"\r\n"
+            session = data_session(thread.port)
+            try:
+                session.send(dot_stuff(body) + b"NOOP\r\n")
+                answer = session.read()
+                assert session.read() == "250 OK"
+                if len(dot_stuff(body)) - len(b".\r\n") <= 3000:
+                    assert stored(thread, queue_id(answer))[1] == body
+                else:
+                    assert answer == replies.MESSAGE_TOO_BIG
+                    assert session.command(b"MAIL FROM:<info@contoso.com>") == replies.SENDER_OK
+            finally:
+                session.close()
+        assert queued_count(thread) == 1
+    finally:
+        thread.close()
+
+
+def test_a_large_message_arrives_byte_for_byte(relay: RelayThread) -> None:
+    line = b"." + b"x" * 70 + b"\r\n"
+    raw = RAW + line * 60_000  # 4.3 MB, over the reader's 1 MiB limit: read in several chunks
+    with relay.smtp() as smtp:
+        qid = queue_id(send(smtp, "info@contoso.com", ["alice@example.com"], raw))
+    assert stored(relay, qid)[1] == raw
+
+
+@pytest.mark.parametrize("data", [b".\n.\n" + SMUGGLED + b".\r\n", b"\n.\n" + SMUGGLED + b".\r\n",
+                                  b"x\r\n.\nrest\r\n.\r\n",
+                                  RAW + b"x" * 2_000_000 + b"\n.\n" + SMUGGLED + b".\r\n"],
+                         ids=["dot-LF-first", "LF.LF-first", "CRLF.LF", "LF.LF-after-2MB"])
+def test_smuggling_anywhere_in_data_is_refused(relay: RelayThread, data: bytes) -> None:
+    session = data_session(relay.port)
+    try:
+        session.send(data)
+        assert session.read() == replies.BARE_NEWLINE
+        assert session.command(b"NOOP") == "250 OK"
+    finally:
+        session.close()
+    assert queued_count(relay) == 0
+
+
+def reference_data(stream: bytes) -> tuple[bytes, bytes] | None:
+    """aiosmtpd 1.4.6's reading of DATA, a line at a time: (message, what follows) or None."""
+    lines, start = [], 0
+    while (end := stream.find(b"\r\n", start)) != -1:
+        line, start = stream[start:end + 2], end + 2
+        if line == b".\r\n":
+            return b"".join(lines), stream[start:]
+        lines.append(line[1:] if line.startswith(b".") else line)
+    return None
+
+
+def test_reading_data_in_chunks_gives_what_aiosmtpd_gives() -> None:
+    """Random streams of CR, LF, dots and letters, fed in random pieces to a reader whose limit is
+    tiny (so that it is overrun often): the same message, the same rest, the same size verdict."""
+    rng = random.Random(1)
+
+    async def read(stream: bytes, pieces: list[int], limit: int | None) -> tuple[bytes | None, bytes]:
+        server = RelaySMTP(object(), hostname="test", data_size_limit=limit, loop=asyncio.get_running_loop())
+        reader = asyncio.StreamReader(limit=8)
+        server._reader = reader
+        task = asyncio.ensure_future(server._read_data())
+        start = 0
+        for size in [*pieces, len(stream)]:
+            reader.feed_data(stream[start:start + size])
+            start += size
+            await asyncio.sleep(0)
+        reader.feed_eof()
+        return await task, await reader.read()
+
+    async def check() -> None:
+        for _ in range(2000):
+            stream = bytes(rng.choice(b"\r\n.a") for _ in range(rng.randrange(0, 40))) + b"\r\n.\r\nQUIT\r\n"
+            pieces = [rng.randrange(1, 6) for _ in range(rng.randrange(0, 12))]
+            expected = reference_data(stream)
+            assert expected is not None
+            assert await read(stream, pieces, None) == expected, (stream, pieces)
+            size_limit = rng.randrange(1, 40)
+            data, rest = await read(stream, pieces, size_limit)
+            assert rest == expected[1]
+            # The limit counts the bytes as sent, dot-stuffing included, as aiosmtpd does.
+            sent = len(stream) - len(expected[1]) - 3
+            assert data == (expected[0] if sent <= size_limit else None), (stream, size_limit)
+
+    asyncio.run(check())
+
+
+def test_the_command_and_auth_tables_are_aiosmtpd_s_own() -> None:
+    """RelaySMTP lists only the smtp_* and auth_* names to dir(): the tables are still all of them."""
+    async def tables() -> None:
+        handler = RelayHandler.__new__(RelayHandler)
+        server = RelaySMTP(handler, hostname="test", loop=asyncio.get_running_loop())
+        every = object.__dir__(server)
+        assert set(server._smtp_methods) == {n[5:] for n in every if n.startswith("smtp_")}
+        assert server._smtp_methods["DATA"].__func__ is RelaySMTP.smtp_DATA
+        assert sorted(server._auth_methods) == ["LOGIN", "PLAIN"]
+        assert not any(m.is_builtin for m in server._auth_methods.values())  # the handler's own
+        assert set(server._handle_hooks) >= {"EHLO", "MAIL", "RCPT", "DATA", "AUTH", "exception"}
+
+    asyncio.run(tables())
 
 
 # -- the policy, without sockets ----------------------------------------------------------------
