@@ -13,17 +13,16 @@ import json
 import os
 import re
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
-import time
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import httpx
+from relay_common import free_port, wait_for_port
 
 APP_ONLY = "22222222-aaaa-4bbb-8ccc-222222222222"
 APP_ONLY_SECRET = "seed~AppOnly.Secret-abcdefghij0123456789"
@@ -47,23 +46,6 @@ def message_10k() -> bytes:
     msg["Subject"] = "m365sim benchmark"
     msg.set_content(("The quick brown fox jumps over the lazy dog. " * 230)[:10_000])
     return msg.as_bytes()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
 
 
 def wrk(url: str, body_b64: bytes, headers: dict[str, str], connections: int, seconds: int,
