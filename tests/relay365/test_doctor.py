@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from m365sim import Simulator
-from relay365 import Client
-from relay365.auth import sign_in_with_browser
 from relay365.config import settings_from_dict, write_settings
-from relay365.demo import demo_settings, signed_in_browser
+from relay365.demo import demo_settings
+
+from .test_serve import sign_in
 
 APP_ONLY = {"client_id": "22222222-aaaa-4bbb-8ccc-222222222222", "mode": "app-only",
             "client_secret": "seed~AppOnly.Secret-abcdefghij0123456789", "account": None}
@@ -39,15 +39,6 @@ def write_config(sim: Simulator, tmp_path: Path, **connection: Any) -> Path:
     config = tmp_path / "relay365.toml"
     write_settings(settings_from_dict(data, env={}), config)
     return config
-
-
-def sign_in(sim: Simulator, config: Path) -> None:
-    async def login() -> None:
-        async with Client(config) as client:
-            await sign_in_with_browser(await client.connection(), on_url=signed_in_browser(sim.ca_file),
-                                       open_browser=False, timeout=30)
-
-    asyncio.run(login())
 
 
 def doctor(config: Path, *args: str) -> tuple[int, dict[str, Any]]:
