@@ -8,6 +8,8 @@ Errors are ``relay365.Relay365Error`` subclasses carrying the cause and the fix.
 
 import typing as _typing
 
+from ._lazy import lazy_attributes as _lazy_attributes
+
 __version__ = "0.1.0"
 
 from .config import ConnectionSettings, Settings, load_settings
@@ -27,16 +29,9 @@ if _typing.TYPE_CHECKING:
     from ._client import Client, SendResult
 
 
-def __getattr__(name: str) -> _typing.Any:
-    # The client pulls in MSAL and httpx; `relay365 sendmail`, which PHP runs for every
-    # mail(), needs neither, so they load only when the client is asked for.
-    if name in ("Client", "SendResult"):
-        from . import _client
-
-        value = getattr(_client, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'relay365' has no attribute {name!r}")
+# The client pulls in MSAL and httpx; `relay365 sendmail`, which PHP runs for every
+# mail(), needs neither, so they load only when the client is asked for.
+__getattr__ = _lazy_attributes(__name__, {"Client": "._client", "SendResult": "._client"})
 
 
 __all__ = [

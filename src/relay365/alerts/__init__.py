@@ -9,6 +9,7 @@ the configuration needs it, and Apprise (with its hundred plugins) loads with th
 
 import typing as _typing
 
+from .._lazy import lazy_attributes as _lazy_attributes
 from ._settings import AlertSettings, alert_settings_from
 
 if _typing.TYPE_CHECKING:
@@ -23,14 +24,7 @@ _LAZY = {"Alerter": "_alerter", "Failure": "_alerter", "failure_alert": "_alerte
          "build_channels": "_service", "make_test_alert": "_service"}
 
 
-def __getattr__(name: str) -> _typing.Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = _lazy_attributes(__name__, {name: f".{module}" for name, module in _LAZY.items()})
 
 
 __all__ = [

@@ -9,6 +9,7 @@ transport and store import this package for the catalogue, and the doctor import
 
 import typing as _typing
 
+from .._lazy import lazy_attributes as _lazy_attributes
 from ._catalogue import Entry, Match, catalogue, find_entry, lookup_entry, match_entry
 
 if _typing.TYPE_CHECKING:
@@ -20,14 +21,7 @@ _LAZY = {"Check": "_doctor", "DoctorReport": "_doctor", "config_failure": "_doct
          "credential_expiries": "_expiry", "graph_http": "_expiry"}
 
 
-def __getattr__(name: str) -> _typing.Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = _lazy_attributes(__name__, {name: f".{module}" for name, module in _LAZY.items()})
 
 
 __all__ = ["WARN_DAYS", "Check", "CredentialExpiry", "DoctorReport", "Entry", "Match", "catalogue",
