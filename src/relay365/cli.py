@@ -321,7 +321,7 @@ def serve_command(
 
         out.print("READY " + json.dumps(info), markup=False, highlight=False, soft_wrap=True)
 
-    run(serve(current, grace=grace, on_ready=ready, reload=lambda: load_settings(config)))
+    run(serve(current, grace=grace, on_ready=ready, config_file=config_path(config)))
 
 
 # ---- queue & log ---------------------------------------------------------------------------------------

@@ -146,7 +146,8 @@ class RelayThread:
                 self._ready = info
                 self._started.set()
 
-            await serve(load_settings(self._config), stop=self._stop, grace=5, on_ready=ready)
+            await serve(load_settings(self._config), stop=self._stop, grace=5, on_ready=ready,
+                        config_file=self._config)
 
         try:
             asyncio.run(main())

@@ -14,21 +14,24 @@ import datetime as dt
 import logging
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import metrics
 from .auth import SecretBox
-from .config import Settings
+from .config import Settings, load_settings
 from .delivery import DeliveryEngine
 from .errors import NeedsSignIn, StoreError
 from .ingress import Policy, api_routes, start_smtp_listeners
 from .store import Attempt, NewMessage, QueuedMessage, Store
+from .web import Admin, AdminSite, admin_routes
 
 log = logging.getLogger("relay365.serve")
 
@@ -53,7 +56,8 @@ class KickingOutbox:
         return await self._store.attempts(message_id)
 
 
-def web_app(settings: Settings, outbox: KickingOutbox, store: Store, policy: Policy) -> Starlette:
+def web_app(settings: Settings, outbox: KickingOutbox, store: Store, policy: Policy,
+            admin: Admin | None = None) -> Starlette:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -63,13 +67,63 @@ def web_app(settings: Settings, outbox: KickingOutbox, store: Store, policy: Pol
 
     routes = [Route("/healthz", healthz), Route("/readyz", readyz),
               metrics.metrics_route(store.queue_counts), *api_routes(settings, outbox, policy)]
+    if admin is not None:
+        routes.extend(admin_routes(admin))
     return Starlette(routes=routes)
+
+
+class WebFront:
+    """The HTTP listener's application: the current configuration's, swapped on reload, so
+    the listener (and the admin page that asked for the reload) stays up meanwhile."""
+
+    def __init__(self) -> None:
+        self.app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.app is None:
+            await PlainTextResponse("relay365 is starting", status_code=503)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class Reloads:
+    """Requests to run on another configuration: SIGHUP (re-read the file) or the admin page
+    (settings it has just written, waiting until they run)."""
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self._settings: Settings | None = None
+        self._waiting: list[asyncio.Future[None]] = []
+
+    def from_file(self) -> None:
+        self.requested.set()
+
+    async def apply(self, settings: Settings) -> None:
+        self._settings = settings
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append(done)
+        self.requested.set()
+        await done
+
+    def take(self, load: Callable[[], Settings] | None, current: Settings) -> Settings:
+        self.requested.clear()
+        given, self._settings = self._settings, None
+        if given is not None:
+            log.warning("configuration changed from the admin page")
+            return given
+        return _reloaded(load, current) if load is not None else current
+
+    def done(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for future in waiting:
+            if not future.done():
+                future.set_result(None)
 
 
 class _Running:
     """The parts one configuration runs: SMTP listeners, the HTTP listener, the delivery engine."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, site: AdminSite) -> None:
         from .alerts import AlertService  # Apprise loads with it: only a running relay needs it
 
         self.settings = settings
@@ -81,37 +135,22 @@ class _Running:
         # Alerts, the expiry watch and the daily keep-alive refresh run beside delivery.
         self.alerts = AlertService(settings, settings.alerts, store, enqueue=self.outbox.enqueue)
         self.alerts_task: asyncio.Task[None] | None = None
+        self.admin = Admin(site=site, settings=settings, store=store, enqueue=self.outbox.enqueue,
+                           engine=self.engine, alerts=self.alerts)
         self.smtp: list[asyncio.Server] = []
-        self.http: uvicorn.Server | None = None
-        self.http_task: asyncio.Task[None] | None = None
 
     async def _needs_sign_in(self, connection: str, error: NeedsSignIn) -> None:
         await self.alerts.alerter.needs_sign_in(connection, error)
 
-    async def start(self) -> dict[str, Any]:
+    async def start(self, front: WebFront) -> None:
         await self.engine.start()
         self.alerts_task = asyncio.create_task(self.alerts.run())
         self.smtp = await start_smtp_listeners(self.settings, self.outbox, self.policy)
-        relay = self.settings.relay
-        config = uvicorn.Config(web_app(self.settings, self.outbox, self.store, self.policy),
-                                host=relay.http_host, port=relay.http_port, log_level="warning",
-                                access_log=False, lifespan="off", server_header=False)
-        self.http = uvicorn.Server(config)
-        self.http_task = asyncio.create_task(self.http.serve())
-        while not self.http.started:
-            if self.http_task.done():
-                self.http_task.result()
-                raise RuntimeError("the HTTP listener did not start")
-            await asyncio.sleep(0.01)
-        return _ready_info(self.settings, self.smtp, self.http)
+        front.app = web_app(self.settings, self.outbox, self.store, self.policy, self.admin)
 
     async def stop(self, grace: float) -> None:
         for server in self.smtp:
             server.close()
-        if self.http is not None:
-            self.http.should_exit = True
-        if self.http_task is not None:
-            await self.http_task
         await self.engine.stop(grace)
         if self.alerts_task is not None:
             self.alerts_task.cancel()
@@ -121,39 +160,68 @@ class _Running:
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None, grace: float = 30.0,
                 on_ready: Callable[[dict[str, Any]], None] | None = None,
-                reload: Callable[[], Settings] | None = None) -> None:
+                reload: Callable[[], Settings] | None = None, config_file: Path | None = None) -> None:
     """Run the relay until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
 
-    SIGHUP (when ``reload`` is given) re-reads the configuration and restarts the
-    listeners and the engine on it, keeping the store: sessions already open finish on
-    the old rules.  A configuration that does not validate keeps the running one.
+    SIGHUP (when ``reload`` is given) re-reads the configuration and restarts the SMTP
+    listeners and the engine on it, keeping the store and the HTTP listener: sessions
+    already open finish on the old rules.  A configuration that does not validate keeps
+    the running one.  With ``config_file`` the admin page may change the configuration
+    (it writes the file, then the relay runs on it the same way).
     """
     stop = stop or _stop_on_signals()
-    reloading = asyncio.Event()
+    reloads = Reloads()
+    if reload is None and config_file is not None:
+        def reload() -> Settings:
+            return load_settings(config_file)
     if reload is not None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloading.set)
-    store = await Store.open(settings.store_url, SecretBox.from_environment(settings.key_file))
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloads.from_file)
+    box = SecretBox.from_environment(settings.key_file)
+    store = await Store.open(settings.store_url, box)
+    site = AdminSite(session_key=box.derive_key("admin session"), config_file=config_file,
+                     apply=reloads.apply if config_file is not None else None)
+    front = WebFront()
+    http, http_task = await _start_http(settings, front)
     retention = asyncio.create_task(_prune_periodically(store, settings))
     try:
         while True:
-            running = _Running(settings, store)
+            running = _Running(settings, store, site)
             try:
-                ready = await running.start()
+                await running.start(front)
+                reloads.done()
+                ready = _ready_info(settings, running.smtp, http)
                 log.info("relay365 ready: %s", ready)
                 if on_ready is not None:
                     on_ready(ready)
-                await _first_of(stop, reloading)
+                    on_ready = None  # once: a reload is not a second start
+                await _first_of(stop, reloads.requested)
             finally:
                 log.info("stopping: no new mail accepted; deliveries in flight get %.0f s", grace)
                 await running.stop(grace)
-            if stop.is_set() or reload is None:
+            if stop.is_set():
                 break
-            reloading.clear()
-            settings = _reloaded(reload, settings)
+            settings = reloads.take(reload, settings)
     finally:
+        reloads.done()
+        http.should_exit = True
+        await http_task
         retention.cancel()
         await asyncio.gather(retention, return_exceptions=True)
         await store.close()
+
+
+async def _start_http(settings: Settings, front: WebFront) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    relay = settings.relay
+    config = uvicorn.Config(front, host=relay.http_host, port=relay.http_port, log_level="warning",
+                            access_log=False, lifespan="off", server_header=False)
+    http = uvicorn.Server(config)
+    task = asyncio.create_task(http.serve())
+    while not http.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the HTTP listener did not start")
+        await asyncio.sleep(0.01)
+    return http, task
 
 
 async def _first_of(*events: asyncio.Event) -> None:

@@ -7,6 +7,8 @@ first use.  Without the key the store's secrets are unreadable.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -21,6 +23,7 @@ class SecretBox:
     """Encrypts and decrypts small secrets with the installation's key."""
 
     def __init__(self, key: bytes) -> None:
+        self._key = key
         try:
             self._fernet = Fernet(key)
         except ValueError as exc:
@@ -42,6 +45,11 @@ class SecretBox:
             with os.fdopen(fd, "wb") as f:
                 f.write(Fernet.generate_key())
         return cls(key_file.read_bytes().strip())
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A key for ``purpose`` (e.g. signing admin sessions), derived from the installation's key:
+        it changes when that key does, and reveals nothing of it."""
+        return hmac.new(self._key, f"relay365:{purpose}".encode(), hashlib.sha256).digest()
 
     def encrypt(self, plaintext: str) -> bytes:
         return self._fernet.encrypt(plaintext.encode("utf-8"))

@@ -1,10 +1,11 @@
 """Configuration: one TOML file (``relay365.toml``), every key overridable by ``RELAY365_*``."""
 
 from ._alerts import AlertSettings
-from ._load import config_path, load_settings, settings_from_dict, write_settings
+from ._load import config_path, load_settings, settings_from_dict, update_config_file, write_settings
 from ._model import (
     DEFAULT_AUTHORITY_HOST,
     DEFAULT_GRAPH_URL,
+    AdminSettings,
     ApiKey,
     ClientUser,
     ConnectionSettings,
@@ -17,6 +18,7 @@ from ._model import (
 __all__ = [
     "DEFAULT_AUTHORITY_HOST",
     "DEFAULT_GRAPH_URL",
+    "AdminSettings",
     "AlertSettings",
     "ApiKey",
     "ClientUser",
@@ -28,5 +30,6 @@ __all__ = [
     "config_path",
     "load_settings",
     "settings_from_dict",
+    "update_config_file",
     "write_settings",
 ]

@@ -11,7 +11,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +125,32 @@ def write_settings(settings: Settings, path: Path) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write("# relay365 configuration (see `relay365 init`)\n")
         f.write(tomli_w.dumps(data))
+
+
+def update_config_file(path: Path, change: Callable[[dict[str, Any]], dict[str, Any]]) -> Settings:
+    """Apply ``change`` to the file's own keys, validate, and replace the file atomically.
+
+    Works on the TOML as written, not on the loaded settings, so that values coming from
+    RELAY365_* variables or secret files never end up in the file.  A change that does not
+    validate raises ConfigError and leaves the file as it was.  Returns the new settings
+    (with the environment's overrides applied, as ``load_settings`` would).
+    """
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    new = change(data)
+    settings_from_dict(new, source=str(path), env={})  # the file alone must be valid
+    settings = settings_from_dict(new, source=str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("# relay365 configuration (see `relay365 init`)\n")
+        f.write(tomli_w.dumps(new))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return settings

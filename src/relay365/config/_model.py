@@ -215,6 +215,21 @@ class DeliverySettings(BaseModel):
     keep_log_days: float = Field(90, ge=0, description="Prune log rows after this.")
 
 
+class AdminSettings(BaseModel):
+    """The web admin page on the HTTP listener."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    password_hash: str | None = Field(
+        None, description="`relay365 admin set-password` writes it (argon2id); without it the "
+                          "admin page only says how to set one.",
+        examples=["$argon2id$v=19$m=65536,t=3,p=4$..."])
+    session_hours: float = Field(12, gt=0, description="How long an admin stays signed in.")
+    login_attempts: int = Field(5, gt=0, description="Wrong passwords allowed per client per "
+                                                     "`login_window` before logins are refused.")
+    login_window: float = Field(300, gt=0, description="The login rate limit's window (seconds).")
+
+
 class Settings(BaseModel):
     """The whole relay365.toml."""
 
@@ -233,6 +248,7 @@ class Settings(BaseModel):
     relay: RelaySettings = Field(default_factory=RelaySettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
 
     @model_validator(mode="after")
     def _unique(self) -> Settings:

@@ -1,0 +1,5 @@
+"""Test email and doctor pages."""
+
+from __future__ import annotations
+
+ROUTES: list = []  # type: ignore[type-arg]
