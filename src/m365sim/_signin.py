@@ -55,7 +55,8 @@ def error_page(state: SimState, key: int | str, **fmt: Any) -> HTMLResponse:
 
 
 def redirect_uri_matches(registered: tuple[str, ...], uri: str) -> bool:
-    """Exact match, except that loopback URIs may use any port (RFC 8252 §7.3)."""
+    """Exact match, except that a loopback URI's port is ignored, on either side (RFC 8252
+    §7.3; Entra treats http://localhost:5000/cb and http://localhost:8025/cb as one)."""
     if uri in registered:
         return True
     parsed = urllib.parse.urlsplit(uri)
@@ -63,7 +64,7 @@ def redirect_uri_matches(registered: tuple[str, ...], uri: str) -> bool:
         return False
     for r in registered:
         p = urllib.parse.urlsplit(r)
-        if p.scheme == "http" and p.hostname == parsed.hostname and p.port is None \
+        if p.scheme == "http" and p.hostname == parsed.hostname \
                 and p.path.rstrip("/") == parsed.path.rstrip("/"):
             return True
     return False

@@ -416,3 +416,14 @@ def test_adminconsent_endpoint_grants_for_the_organization(m365sim: Simulator) -
     params = redirect_params(response)
     assert params == {"tenant": m365sim.tenant_id, "admin_consent": "True", "state": "z"}
     assert m365sim.scenario.app(SEED_DELEGATED_APP).admin_consent  # type: ignore[union-attr]
+
+
+def test_a_loopback_redirect_uri_matches_whatever_its_port() -> None:
+    from m365sim._signin import redirect_uri_matches
+
+    registered = ("http://localhost", "http://localhost:8025/auth/callback", "https://127.0.0.1/callback")
+    assert redirect_uri_matches(registered, "http://localhost:41234/auth/callback")
+    assert redirect_uri_matches(registered, "http://localhost:5000")
+    assert not redirect_uri_matches(registered, "http://localhost:41234/other")
+    assert not redirect_uri_matches(registered, "http://127.0.0.1:41234/auth/callback")
+    assert not redirect_uri_matches(registered, "https://127.0.0.1:8443/callback")  # https: exact only
