@@ -535,6 +535,58 @@ def test_list_messages_newest_first_by_state_recipient_time_and_connection(db: D
     run(scenario)
 
 
+def test_list_messages_finds_parts_of_recipient_sender_and_subject_until_a_time(db: Database) -> None:
+    async def scenario() -> None:
+        store = await Store.open(db.url, new_box())
+        a = await store.enqueue(NewMessage("contoso", "Info@Contoso.com", ("Megan_B@Contoso.com",), b"x",
+                                           "smtp", None, subject="Invoice 100% paid"))
+        middle = datetime.now(UTC)
+        b = await store.enqueue(NewMessage("contoso", "shop@fabrikam.com", ("dl@example.org", "x@y.org"),
+                                           b"x", "http", None, subject="Order shipped"))
+        assert [m.id for m in await store.list_messages(recipient_contains="megan_b@")] == [a]
+        assert [m.id for m in await store.list_messages(recipient_contains="EXAMPLE.ORG")] == [b]
+        assert [m.id for m in await store.list_messages(recipient_contains=".org")] == [b]
+        assert await store.list_messages(recipient_contains="megan%b") == []  # % is itself
+        assert [m.id for m in await store.list_messages(sender="info@contoso")] == [a]
+        assert [m.id for m in await store.list_messages(sender="FABRIKAM")] == [b]
+        assert [m.id for m in await store.list_messages(subject="100%")] == [a]
+        assert [m.id for m in await store.list_messages(subject="order")] == [b]
+        assert await store.list_messages(subject="100_") == []  # _ is itself, not any letter
+        assert [m.id for m in await store.list_messages(subject="", sender="")] == [b, a]
+        assert [m.id for m in await store.list_messages(until=middle)] == [a]
+        assert [m.id for m in await store.list_messages(since=middle, until=after(middle, 60))] == [b]
+        assert [m.id for m in await store.list_messages(states={QUEUED}, sender="o", subject="i",
+                                                        recipient_contains="@")] == [b, a]
+        with pytest.raises(ValueError, match="until must be timezone-aware"):
+            await store.list_messages(until=datetime(2026, 1, 1))
+        await store.close()
+    run(scenario)
+
+
+def test_outcome_counts_per_period_from_attempts_and_direct_sends(db: Database) -> None:
+    async def scenario() -> None:
+        store = await Store.open(db.url, new_box())
+        day = datetime(2026, 3, 2, tzinfo=UTC)
+        periods = [(day, after(day, 86400)), (after(day, 86400), after(day, 2 * 86400)),
+                   (day, after(day, 2 * 86400))]
+        assert [(c.sent, c.failed) for c in await store.outcome_counts(periods)] == [(0, 0)] * 3
+        await finished(store, SENT_OK, 1, after(day, 10))
+        await finished(store, SENT_OK, 2, after(day, 86399))
+        await finished(store, FAILED_403, 3, after(day, 86400))  # the second day's first moment
+        await finished(store, deferred_until(after(day, 90000)), 4, after(day, 86500))  # not an outcome
+        await finished(store, SENT_OK, 5, after(day, -1))  # before every period
+        await store.record_send(SendRecord(id="D1", time=after(day, 90000), connection="contoso",
+                                           transport="graph", sender="app@contoso.com",
+                                           recipients=("a@example.com",), subject="direct", size=10,
+                                           status="failed"))
+        counts = await store.outcome_counts(periods)
+        assert [(c.start, c.end) for c in counts] == periods
+        assert [(c.sent, c.failed) for c in counts] == [(2, 0), (0, 2), (2, 2)]
+        assert await store.outcome_counts([]) == []
+        await store.close()
+    run(scenario)
+
+
 # -- the database's own guards ------------------------------------------------------------------
 
 @pytest.mark.parametrize("change", [

@@ -118,7 +118,9 @@ def test_public_surface() -> None:
          # the outbox (tests/relay365/test_outbox.py)
          "ATTEMPT_OUTCOMES", "MESSAGE_SOURCES", "Attempt", "AttemptOutcome", "AttemptResult", "Event",
          "GroupCommitStats", "LeaseLost", "MessageSource", "MessageState", "NewMessage", "QueuedMessage",
-         "new_queue_id"])
+         "new_queue_id",
+         # the admin page's counts per day
+         "OutcomeCount"])
     for name in relay365.store.__all__:
         assert getattr(relay365.store, name) is not None
 

@@ -174,9 +174,19 @@ def _outbox(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE message_bodies ALTER COLUMN raw SET STORAGE EXTERNAL"))
 
 
+def _attempts_by_time(conn: Connection) -> None:
+    # outcome_counts (the admin page's sent and failed per day) reads the attempts of the
+    # last days: along this index, without touching the months of older attempts kept for
+    # the log, nor the table itself (the outcome is in the index).
+    md = MetaData()
+    attempts = Table("attempts", md, Column("finished_at", UTCDateTime), Column("outcome", Text))
+    Index("attempts_by_finished", attempts.c.finished_at, attempts.c.outcome).create(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "token caches, connection states, send log, settings", _first_tables),
     Migration(2, "outbox: messages, bodies, attempts, events", _outbox),
+    Migration(3, "attempts by time, for counts per day", _attempts_by_time),
 )
 
 

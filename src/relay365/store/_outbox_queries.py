@@ -20,6 +20,7 @@ from sqlalchemy import (
     Connection,
     Text,
     and_,
+    case,
     delete,
     func,
     insert,
@@ -33,7 +34,7 @@ from ._bodies import write_bodies
 from ._errors import LeaseLost
 from ._messages import AttemptResult, NewMessage
 from ._queries import insert_many
-from ._rows import Attempt, Event, MessageState
+from ._rows import Attempt, Event, MessageState, OutcomeCount
 from ._rows import QueuedMessage as Message
 from ._schema import attempts as attempts_table
 from ._schema import message_bodies, message_events, messages, sends
@@ -235,18 +236,64 @@ def _has_recipient(recipient: str) -> ColumnElement[bool]:
     return func.lower(as_text).like(literal(f"%{_like_escaped(element)}%", Text), escape="\\")
 
 
-def list_messages(conn: Connection, states: set[MessageState] | None, limit: int, recipient: str | None,
-                  since: datetime | None, connection: str | None) -> list[Message]:
+def _contains(column: ColumnElement[str], text: str) -> ColumnElement[bool]:
+    # ILIKE on PostgreSQL (any case, Unicode too); lower() on both sides on SQLite (ASCII case).
+    return column.ilike(literal(f"%{_like_escaped(text)}%", Text), escape="\\")
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    """What list_messages keeps; None (or an empty text) keeps everything."""
+
+    states: set[MessageState] | None = None
+    recipient: str | None = None  # one whole address, any case; "@domain" for a domain
+    recipient_contains: str | None = None  # part of any recipient's address, any case
+    sender: str | None = None  # part of the envelope sender, any case
+    subject: str | None = None  # part of the subject, any case
+    since: datetime | None = None  # received at or after
+    until: datetime | None = None  # received before
+    connection: str | None = None
+
+
+def list_messages(conn: Connection, where: MessageFilter, limit: int) -> list[Message]:
     query = select(messages).order_by(messages.c.received_at.desc(), messages.c.id.desc()).limit(limit)
-    if states is not None:
-        query = query.where(messages.c.state.in_(sorted(s.value for s in states)))
-    if recipient is not None:
-        query = query.where(_has_recipient(recipient))
-    if since is not None:
-        query = query.where(messages.c.received_at >= since)
-    if connection is not None:
-        query = query.where(messages.c.connection == connection)
+    if where.states is not None:
+        query = query.where(messages.c.state.in_(sorted(s.value for s in where.states)))
+    if where.recipient:
+        query = query.where(_has_recipient(where.recipient))
+    if where.recipient_contains:
+        query = query.where(_contains(type_coerce(messages.c.recipients, Text), where.recipient_contains))
+    if where.sender:
+        query = query.where(_contains(messages.c.sender, where.sender))
+    if where.subject:
+        query = query.where(_contains(messages.c.subject, where.subject))
+    if where.since is not None:
+        query = query.where(messages.c.received_at >= where.since)
+    if where.until is not None:
+        query = query.where(messages.c.received_at < where.until)
+    if where.connection is not None:
+        query = query.where(messages.c.connection == where.connection)
     return [Message.from_row(row) for row in conn.execute(query).mappings()]
+
+
+def outcome_counts(conn: Connection, periods: Sequence[tuple[datetime, datetime]]) -> list[OutcomeCount]:
+    """Messages sent and failed for good in each period: outbox attempts and direct sends."""
+    sent = dict.fromkeys(range(len(periods)), 0)
+    failed = dict.fromkeys(range(len(periods)), 0)
+    first, last = min(p[0] for p in periods), max(p[1] for p in periods)
+    # One pass over each table: a sum per period, grouped by outcome.
+    for time, outcome, rows in ((attempts_table.c.finished_at, attempts_table.c.outcome, attempts_table),
+                                (sends.c.time, sends.c.status, sends)):
+        sums = [func.coalesce(func.sum(case((and_(time >= start, time < end), 1), else_=0)), 0)
+                for start, end in periods]
+        query = (select(outcome, *sums).select_from(rows)
+                 .where(time >= first, time < last, outcome.in_([SENT.value, FAILED.value]))
+                 .group_by(outcome))
+        for row in conn.execute(query):
+            into = sent if row[0] == SENT.value else failed
+            for i in range(len(periods)):
+                into[i] += int(row[i + 1])
+    return [OutcomeCount(start, end, sent[i], failed[i]) for i, (start, end) in enumerate(periods)]
 
 
 def queue_counts(conn: Connection) -> dict[MessageState, int]:

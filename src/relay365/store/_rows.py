@@ -181,3 +181,13 @@ class Event:
         return cls(message_id=row["message_id"], time=row["time"],
                    from_state=None if before is None else MessageState(before),
                    to_state=MessageState(row["to_state"]), detail=row["detail"])
+
+
+@dataclass(frozen=True)
+class OutcomeCount:
+    """How many messages were sent and how many failed for good from ``start`` until ``end``."""
+
+    start: datetime
+    end: datetime
+    sent: int
+    failed: int

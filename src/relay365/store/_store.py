@@ -23,7 +23,16 @@ from ._groupcommit import GroupCommit, GroupCommitStats
 from ._messages import AttemptResult, NewMessage, new_queue_id
 from ._migrations import migrate, schema_version
 from ._outbox_queries import Incoming
-from ._rows import Attempt, ConnectionState, Event, MessageState, QueuedMessage, SendRecord, _require_aware
+from ._rows import (
+    Attempt,
+    ConnectionState,
+    Event,
+    MessageState,
+    OutcomeCount,
+    QueuedMessage,
+    SendRecord,
+    _require_aware,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -311,18 +320,40 @@ class Store:
 
     async def list_messages(self, *, states: set[MessageState] | None = None, limit: int = 100,
                             recipient: str | None = None, since: datetime | None = None,
-                            connection: str | None = None) -> list[QueuedMessage]:
-        """Messages newest first, received at or after ``since``, in ``states``, of ``connection``.
+                            connection: str | None = None, recipient_contains: str | None = None,
+                            sender: str | None = None, subject: str | None = None,
+                            until: datetime | None = None) -> list[QueuedMessage]:
+        """Messages newest first, received from ``since`` until before ``until``, in ``states``,
+        of ``connection``.
 
         ``recipient``: an address (any case), or ``@domain`` for every address at a domain.
+        ``recipient_contains``, ``sender``, ``subject``: a part of it, in any case (on SQLite
+        ASCII letters only).  An empty text filters nothing.
         """
         if limit < 0:
             raise ValueError(f"limit must be zero or more, got {limit}")
         _require_aware("since", since)
+        _require_aware("until", until)
         if limit == 0 or states == set():
             return []
-        return await self._run("listing messages", False, outbox.list_messages, states, limit,
-                               recipient, since, connection)
+        where = outbox.MessageFilter(states=states, recipient=recipient,
+                                     recipient_contains=recipient_contains, sender=sender, subject=subject,
+                                     since=since, until=until, connection=connection)
+        return await self._run("listing messages", False, outbox.list_messages, where, limit)
+
+    async def outcome_counts(self, periods: Sequence[tuple[datetime, datetime]]) -> list[OutcomeCount]:
+        """For each (start, end) period, how many messages were sent and how many failed for good.
+
+        Counts attempts of the outbox (a dead letter retried and then sent counts once in
+        each) and direct sends (the send log); a period includes its start, not its end.
+        """
+        for start, end in periods:
+            _require_aware("start", start)
+            _require_aware("end", end)
+        if not periods:
+            return []
+        return await self._run("counting sent and failed messages", False, outbox.outcome_counts,
+                               list(periods))
 
     async def queue_counts(self) -> dict[MessageState, int]:
         """How many messages are in each state (every state present, zero included)."""
