@@ -127,6 +127,12 @@ class DeliveryEngine:
         """A message was queued: claim now rather than at the next poll."""
         self._wake.set()
 
+    def signed_in(self, connection: str) -> None:
+        """Someone signed the connection in: its hold ends now, not when it times out."""
+        self._holds.end(connection)
+        self._holds.signed_in_again(connection)
+        self._wake.set()
+
     async def stop(self, grace: float) -> None:
         """Stop claiming; let deliveries in flight finish for up to ``grace`` seconds.
 

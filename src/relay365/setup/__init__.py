@@ -3,6 +3,6 @@
 The same code serves `relay365 init`, `relay365 entra-script` and the web setup page.
 """
 
-from ._entra import EntraPlan, EntraStep, azure_cli_script, entra_plan
+from ._entra import EntraPlan, EntraStep, azure_cli_script, entra_plan, needed_permissions
 
-__all__ = ["EntraPlan", "EntraStep", "azure_cli_script", "entra_plan"]
+__all__ = ["EntraPlan", "EntraStep", "azure_cli_script", "entra_plan", "needed_permissions"]

@@ -1,0 +1,134 @@
+"""The setup pages over HTTP: create a connection, sign in through m365sim with this page as
+the callback, see who signed in; edit it without ever seeing the secret again."""
+
+from __future__ import annotations
+
+import re
+import ssl
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from m365sim import Simulator
+from relay365.config import settings_from_dict, write_settings
+from relay365.demo import DEMO_CLIENT_ID, DEMO_SECRET
+
+from .test_serve import eventually, free_port
+from .web_helpers import AdminClient, admin_relay
+
+
+def empty_config(tmp_path: Path) -> Path:
+    config = tmp_path / "relay365.toml"
+    write_settings(settings_from_dict({
+        "state_dir": str(tmp_path / "state"),
+        "relay": {"smtp": [{"host": "127.0.0.1", "port": free_port()}], "http_port": 0},
+    }, env={}), config)
+    return config
+
+
+def connection_form(sim: Simulator, **changes: str) -> dict[str, str]:
+    return {"name": "contoso", "tenant": sim.tenant_id, "client_id": DEMO_CLIENT_ID, "mode": "delegated",
+            "client_secret": DEMO_SECRET, "secret_expires": "2028-06-01", "account": "admin@contoso.com",
+            "senders": "admin@contoso.com, info@contoso.com", "default_sender": "info@contoso.com",
+            "transport": "graph", "authority_host": sim.base_url, "graph_url": sim.graph_url,
+            "smtp_host": sim.host, "smtp_port": str(sim.smtp_port), "ca_file": str(sim.ca_file),
+            **changes}
+
+
+def sign_in_through_the_page(admin: AdminClient, sim: Simulator, name: str) -> httpx.Response:
+    """Press "Sign in with Microsoft 365" and follow the browser's way back to the result page."""
+    start = admin.post(f"/setup/{name}/sign-in", form_page=f"/setup/{name}")
+    assert start.status_code == 303
+    authorize = start.headers["location"]
+    assert authorize.startswith(sim.base_url)
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(sim.ca_file)), timeout=30) as browser:
+        answer = browser.get(authorize)  # the seed's admin is signed in and has consented: straight back
+    assert answer.status_code == 302, answer.text
+    callback = answer.headers["location"]
+    assert callback.startswith("http://localhost:") and "/auth/callback?" in callback
+    back = admin.http.get(callback.replace("http://localhost:", "http://127.0.0.1:", 1))
+    assert back.status_code == 303
+    result = back.headers["location"]
+    assert result.startswith(str(admin.http.base_url).rstrip("/") + f"/setup/{name}/signed-in/")
+    return admin.get(result)
+
+
+@pytest.mark.m365sim("seed")
+def test_create_a_connection_sign_in_and_deliver(m365sim: Simulator, tmp_path: Path) -> None:
+    config = empty_config(tmp_path)
+    with admin_relay(config) as (admin, ready):
+        page = admin.get("/setup/new")
+        assert page.status_code == 200
+        port = ready["http_url"].rsplit(":", 1)[1]
+        assert f'value="http://localhost:{port}/auth/callback"' in page.text
+
+        saved = admin.post("/setup/new", connection_form(m365sim), form_page="/setup/new")
+        assert (saved.status_code, saved.headers["location"]) == (303, "/setup/contoso")
+        written: dict[str, Any] = tomllib.loads(config.read_text())
+        assert written["connections"][0]["senders"] == ["admin@contoso.com", "info@contoso.com"]
+        assert written["connections"][0]["client_secret"] == DEMO_SECRET
+        assert oct(config.stat().st_mode & 0o777) == "0o600"
+
+        detail = admin.get("/setup/contoso")
+        assert DEMO_SECRET not in detail.text
+        assert "A client secret is set in relay365.toml, expiring 2028-06-01" in detail.text
+        assert "Add delegated permission Mail.Send.Shared" in detail.text
+        assert f"Redirect URI: http://localhost:{port}/auth/callback" in detail.text
+
+        result = sign_in_through_the_page(admin, m365sim, "contoso")
+        assert result.status_code == 200
+        assert "Signed in as admin@contoso.com" in result.text
+        assert re.search(r"<li><code>Mail.Send.Shared</code></li>", result.text)
+        assert "Every permission relay365 needs is granted." in result.text
+
+        # The relay runs on the new connection: mail through SMTP is delivered with this sign-in.
+        import smtplib
+
+        with smtplib.SMTP(ready["smtp_host"], ready["smtp_port"], timeout=30) as smtp:
+            smtp.sendmail("info@contoso.com", ["web-setup@example.org"],
+                          b"From: info@contoso.com\r\nTo: web-setup@example.org\r\nSubject: set up on "
+                          b"the page\r\n\r\nhi\r\n")
+        eventually(lambda: any(m.subject == "set up on the page"
+                               for m in m365sim.mailbox("web-setup@example.org").messages))
+
+
+@pytest.mark.m365sim("seed")
+def test_edit_keeps_the_secret_and_bad_input_changes_nothing(m365sim: Simulator, tmp_path: Path) -> None:
+    config = empty_config(tmp_path)
+    with admin_relay(config) as (admin, _):
+        assert admin.post("/setup/new", connection_form(m365sim), form_page="/setup/new").status_code == 303
+        edited = admin.post("/setup/contoso", {**connection_form(m365sim, client_secret="", sender_name="Contoso")},
+                            form_page="/setup/contoso")
+        assert edited.status_code == 303
+        written = tomllib.loads(config.read_text())["connections"][0]
+        assert (written["client_secret"], written["sender_name"]) == (DEMO_SECRET, "Contoso")
+
+        before = config.read_text()
+        bad = admin.post("/setup/contoso", connection_form(m365sim, client_secret="",
+                                                           default_sender="nobody@contoso.com"),
+                         form_page="/setup/contoso")
+        assert bad.status_code == 400
+        assert "default_sender &#39;nobody@contoso.com&#39; must be one of senders" in bad.text
+        assert config.read_text() == before
+
+        twice = admin.post("/setup/new", connection_form(m365sim), form_page="/setup/new")
+        assert twice.status_code == 400 and "exists already" in twice.text
+
+
+@pytest.mark.m365sim("refresh-revoked")
+def test_a_failed_sign_in_shows_its_diagnosis(m365sim: Simulator, tmp_path: Path) -> None:
+    config = empty_config(tmp_path)
+    with admin_relay(config) as (admin, _):
+        form = connection_form(m365sim, client_id="99999999-aaaa-4bbb-8ccc-999999999999")
+        assert admin.post("/setup/new", form, form_page="/setup/new").status_code == 303
+        start = admin.post("/setup/contoso/sign-in", form_page="/setup/contoso")
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(m365sim.ca_file)), timeout=30) as b:
+            page = b.get(start.headers["location"])
+        # An unknown application is Microsoft's own error page, never a redirect back.
+        assert page.status_code == 400 and "AADSTS700016" in page.text
+        unknown = admin.get("/auth/callback?state=forged&code=x")
+        assert unknown.status_code == 400
+        assert "not one in progress" in unknown.text
