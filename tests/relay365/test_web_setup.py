@@ -100,8 +100,8 @@ def test_edit_keeps_the_secret_and_bad_input_changes_nothing(m365sim: Simulator,
     config = empty_config(tmp_path)
     with admin_relay(config) as (admin, _):
         assert admin.post("/setup/new", connection_form(m365sim), form_page="/setup/new").status_code == 303
-        edited = admin.post("/setup/contoso", {**connection_form(m365sim, client_secret="", sender_name="Contoso")},
-                            form_page="/setup/contoso")
+        keep_secret = connection_form(m365sim, client_secret="", sender_name="Contoso")
+        edited = admin.post("/setup/contoso", keep_secret, form_page="/setup/contoso")
         assert edited.status_code == 303
         written = tomllib.loads(config.read_text())["connections"][0]
         assert (written["client_secret"], written["sender_name"]) == (DEMO_SECRET, "Contoso")
