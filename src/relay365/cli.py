@@ -135,6 +135,13 @@ def init(
         fail(exc)
     write_settings(new, path)
     out.print(f"Wrote {path} (mode 0600).")
+    if not yes and not new.admin.password_hash:
+        password = typer.prompt("Password for the web admin page (empty: set it later with "
+                                "`relay365 admin set-password`)", default="", hide_input=True,
+                                show_default=False, confirmation_prompt=True)
+        if password:
+            set_admin_password(path, password)
+            out.print("Admin password set.")
     conn = new.connection(name)
     print_entra_steps(conn, device=device)
     out.print(f"\nThen: [bold]relay365 login {conn.name}[/]" + (" --device" if device else "")
@@ -522,6 +529,43 @@ def api_key_add(
                                             "senders": list(sender or [])})
     out.print(f"API key {name!r} (shown once, keep it now): {key}", markup=False, soft_wrap=True)
     out.print(f"Stored as a hash in {path}; send it as `Authorization: Bearer KEY`.")
+
+
+admin_app = typer.Typer(help="The web admin page.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+
+
+def set_admin_password(path: Path, password: str) -> None:
+    """Store the admin page's password (argon2id) in the configuration file."""
+    from .config import update_config_file
+    from .ingress import hash_password
+
+    password_hash = hash_password(password)
+
+    def change(data: dict[str, Any]) -> dict[str, Any]:
+        return {**data, "admin": {**data.get("admin", {}), "password_hash": password_hash}}
+
+    update_config_file(path, change)
+
+
+@admin_app.command("set-password")
+def admin_set_password(
+    config: ConfigOption = None,
+    stdin: Annotated[bool, typer.Option("--stdin", help="read the password from standard input")] = False,
+) -> None:
+    """Set the password of the web admin page (stored as an argon2id hash)."""
+    password = sys.stdin.readline().rstrip("\r\n") if stdin else \
+        typer.prompt("Admin password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 8:
+        err.print("[red]error:[/] the admin password must have at least 8 characters")
+        raise typer.Exit(1)
+    path = config_path(config)
+    try:
+        set_admin_password(path, password)
+    except Relay365Error as exc:
+        fail(exc)
+    out.print(f"Admin password set in {path}. Restart or SIGHUP `relay365 serve`, then log in at its "
+              "web address (default http://127.0.0.1:8025).")
 
 # Commands of other parts register themselves on `app` (kept in their own modules).
 from . import diagnose_cli, integrations_cli  # noqa: E402, F401

@@ -4,7 +4,8 @@ It starts m365sim on a scenario (``seed`` by default), writes a throwaway config
 signs the scenario's admin in through the real authorization-code flow (the scenario's
 ``browser_user`` is the already signed-in browser, so consent is automatic), sends the
 test email from the shared mailbox through Graph, and shows the message as the
-recipient's mailbox holds it.  ``READY {json}`` tells scripts where everything is.
+recipient's mailbox holds it.  It then runs the relay with its admin page, behind a
+one-time password.  ``READY {json}`` tells scripts where everything is.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import shutil
 import signal
 import ssl
@@ -28,6 +30,7 @@ from rich.panel import Panel
 from ._client import Client
 from .config import settings_from_dict, write_settings
 from .errors import Relay365Error
+from .ingress import hash_password
 
 # The seed scenario's registrations (m365sim/scenarios/seed.toml).
 DEMO_CLIENT_ID = "11111111-aaaa-4bbb-8ccc-111111111111"
@@ -215,6 +218,9 @@ def run_demo(*, scenario: str, check: bool, workdir: Path | None, console: Conso
             data = demo_settings(sim, workdir)
             # OS-chosen ports: the READY line says where they are.
             data["relay"] = {"smtp": [{"host": "127.0.0.1", "port": 0}], "http_port": 0}
+            # A password for this demo's admin page only: it dies with the demo.
+            admin_password = secrets.token_urlsafe(12)
+            data["admin"] = {"password_hash": hash_password(admin_password)}
             write_settings(settings_from_dict(data, env={}), config)
             try:
                 asyncio.run(_sign_in_and_send(config, sim.ca_file, console))
@@ -247,11 +253,13 @@ def run_demo(*, scenario: str, check: bool, workdir: Path | None, console: Conso
                 ready = {"config": str(config), "sim_control": sim.control_url,
                          "senders": [DEMO_ACCOUNT, DEMO_SHARED], "recipient": DEMO_RECIPIENT,
                          "smtp_host": served["smtp_host"], "smtp_port": served["smtp_port"],
-                         "http_url": served["http_url"]}
+                         "http_url": served["http_url"], "admin_password": admin_password}
                 console.print("READY " + json.dumps(ready), markup=False, highlight=False, soft_wrap=True)
                 if check:
                     return 0
-                console.print(f"\nTry: swaks --server {served['smtp_host']}:{served['smtp_port']} "
+                console.print(f"\nAdmin page: {served['http_url']} (password: {admin_password})",
+                              markup=False, highlight=False)
+                console.print(f"Try: swaks --server {served['smtp_host']}:{served['smtp_port']} "
                               f"--from {DEMO_SHARED} --to {DEMO_RECIPIENT}\n"
                               f"     relay365 queue list --config {config}\n"
                               f"Mailboxes: {sim.control_url}/mailboxes/{DEMO_RECIPIENT}/messages\n"

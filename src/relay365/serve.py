@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import logging
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None, grace:
     if reload is None and config_file is not None:
         def reload() -> Settings:
             return load_settings(config_file)
-    if reload is not None:
+    if reload is not None and threading.current_thread() is threading.main_thread():
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloads.from_file)
     box = SecretBox.from_environment(settings.key_file)
     store = await Store.open(settings.store_url, box)
