@@ -21,7 +21,7 @@ import pytest
 from m365sim import Simulator
 from relay365.config import settings_from_dict, write_settings
 from relay365.web._log import read_message, readdressed, typed_recipients
-from relay365.web._status import token_valid_until
+from relay365.web._status import _expiry, token_valid_until
 
 from .test_serve import eventually, free_port, send, sign_in, write_config
 from .web_helpers import AdminClient, admin_relay
@@ -252,3 +252,11 @@ def test_read_message_decodes_headers_and_keeps_markup_as_text() -> None:
     assert (read.text or "").strip() == "plain" and (read.html or "").strip() == "<b>bold</b>"
     assert [(p.filename, p.content_type, p.size) for p in read.attachments] == [
         ("a.pdf", "application/pdf", 5)]
+
+
+def test_expiry_badges_turn_amber_at_30_days_and_red_at_7() -> None:
+    def badge(days: int | None) -> str:
+        return _expiry("client secret", None, days, "secret_expires in the configuration").badge
+
+    assert [badge(d) for d in (400, 31, 30, 8, 7, 0, -3, None)] == [
+        "ok", "ok", "warn", "warn", "bad", "bad", "bad", "warn"]
