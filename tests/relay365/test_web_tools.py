@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
 from m365sim import Simulator
 from relay365.web._alerts_page import MASK, masked_url, resolve_urls
@@ -130,6 +131,25 @@ def test_the_doctor_page_shows_each_check_and_the_fix_of_a_failure(
         assert "M365-SEND-AS-DENIED" in failing_row and "Send As permissions" in failing_row
         # The relay still sends after the doctor refreshed the stored sign-in.
         assert "Delivered" in result_text(send_test_email(client).text)
+
+
+def test_with_two_connections_the_doctor_checks_the_chosen_one(m365sim: Simulator, tmp_path: Path) -> None:
+    config = write_config(m365sim, tmp_path, free_port())
+    data = tomllib.loads(config.read_text(encoding="utf-8"))
+    spare = {**data["connections"][0], "name": "spare", "senders": ["spare@contoso.com"],
+             "default_sender": "spare@contoso.com"}
+    data["connections"].append(spare)
+    config.write_text(tomli_w.dumps(data), encoding="utf-8")
+    with admin_relay(config) as (client, _):
+        form = client.get("/doctor").text
+        assert '<select id="connection" name="connection">' in form
+        assert '<option value="spare">spare</option>' in form
+        report = client.post("/doctor", {"connection": "spare"}, form_page="/doctor")
+        assert report.status_code == 200
+        assert 'id="doctor-spare"' in report.text and 'id="doctor-demo"' not in report.text
+        assert checks(report.text)["token"] == "fail"  # nobody signed in to it
+        unknown = client.post("/doctor", {"connection": "nosuch"}, form_page="/doctor")
+        assert unknown.status_code == 400 and "no connection named &#39;nosuch&#39;" in unknown.text
 
 
 # ---- alerts ---------------------------------------------------------------------------------------
