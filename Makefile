@@ -20,10 +20,12 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
 
 # Real peers the tests drive (Debian packages): swaks (SMTP), PHP with PHPMailer (WordPress's
-# mailer), systemd-analyze (the generated unit).
-DEB_TOOLS := swaks php-cli libphp-phpmailer systemd
+# mailer), systemd-analyze (the generated unit), chromium for Playwright (the admin page's
+# browser tests; `playwright install` downloads are not used) with a font for its screenshots.
+DEB_TOOLS := swaks php-cli libphp-phpmailer systemd chromium fonts-dejavu-core
 tools:
 	@if ! command -v swaks >/dev/null || ! command -v php >/dev/null || ! command -v systemd-analyze >/dev/null \
+	    || ! command -v chromium >/dev/null || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] \
 	    || [ ! -f /usr/share/php/libphp-phpmailer/autoload.php ]; then \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_TOOLS) >/dev/null; } \
 	  || { echo "make test needs: apt-get install $(DEB_TOOLS)"; exit 1; }; fi
