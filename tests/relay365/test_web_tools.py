@@ -203,6 +203,8 @@ def test_alert_settings_round_trip_and_a_bad_value_changes_nothing(
     config = write_config(m365sim, tmp_path, free_port())
     with admin_relay(config) as (client, _):
         assert client.get("/alerts").status_code == 200
+        nowhere = client.post("/alerts/test", {}, form_page="/alerts")
+        assert nowhere.status_code == 400 and "No alert channel is configured" in nowhere.text
         saved = client.post("/alerts", alerts_form(
             urls="json://alerts.example.com/hook", email_to="it@contoso.com, ops@contoso.com",
             backlog_threshold="250", expiry_days="30, 7, 1", failure_interval="600", summary="weekly"),
