@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from m365sim import Simulator
+from relay365.auth import SecretBox
 from relay365.config import settings_from_dict, write_settings
 from relay365.demo import DEMO_CLIENT_ID, DEMO_SECRET
 
@@ -69,12 +70,14 @@ def test_create_a_connection_sign_in_and_deliver(m365sim: Simulator, tmp_path: P
         assert (saved.status_code, saved.headers["location"]) == (303, "/setup/contoso")
         written: dict[str, Any] = tomllib.loads(config.read_text())
         assert written["connections"][0]["senders"] == ["admin@contoso.com", "info@contoso.com"]
-        assert written["connections"][0]["client_secret"] == DEMO_SECRET
+        sealed = written["connections"][0]["client_secret"]
+        assert sealed.startswith("relay365-sealed:") and DEMO_SECRET not in config.read_text()
+        assert SecretBox.from_environment(tmp_path / "state" / "secret.key").unseal(sealed) == DEMO_SECRET
         assert oct(config.stat().st_mode & 0o777) == "0o600"
 
         detail = admin.get("/setup/contoso")
         assert DEMO_SECRET not in detail.text
-        assert "A client secret is set in relay365.toml, expiring 2028-06-01" in detail.text
+        assert "A client secret is set in relay365.toml (encrypted), expiring 2028-06-01" in detail.text
         assert "Add delegated permission Mail.Send.Shared" in detail.text
         assert f"Redirect URI: http://localhost:{port}/auth/callback" in detail.text
 
@@ -100,11 +103,12 @@ def test_edit_keeps_the_secret_and_bad_input_changes_nothing(m365sim: Simulator,
     config = empty_config(tmp_path)
     with admin_relay(config) as (admin, _):
         assert admin.post("/setup/new", connection_form(m365sim), form_page="/setup/new").status_code == 303
+        first = tomllib.loads(config.read_text())["connections"][0]
         keep_secret = connection_form(m365sim, client_secret="", sender_name="Contoso")
         edited = admin.post("/setup/contoso", keep_secret, form_page="/setup/contoso")
         assert edited.status_code == 303
         written = tomllib.loads(config.read_text())["connections"][0]
-        assert (written["client_secret"], written["sender_name"]) == (DEMO_SECRET, "Contoso")
+        assert (written["client_secret"], written["sender_name"]) == (first["client_secret"], "Contoso")
 
         before = config.read_text()
         bad = admin.post("/setup/contoso", connection_form(m365sim, client_secret="",

@@ -45,7 +45,7 @@ def read_credential(settings: ConnectionSettings) -> str | dict[str, str] | None
         # With public_certificate MSAL sends x5c and signs with PS256 / x5t#S256.
         return {"private_key": key_pem, "public_certificate": cert_pem}
     if settings.client_secret is not None:
-        return settings.client_secret.get_secret_value()
+        return settings.secret_value()
     if settings.client_secret_env:
         value = os.environ.get(settings.client_secret_env, "").strip()
         if not value:

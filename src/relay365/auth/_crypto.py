@@ -17,6 +17,8 @@ from cryptography.fernet import Fernet, InvalidToken
 from ..errors import ConfigError, StoreError
 
 KEY_ENV = "RELAY365_SECRET_KEY"
+# A secret in relay365.toml written by the admin page: encrypted with the installation's key.
+SEALED_PREFIX = "relay365-sealed:"
 
 
 class SecretBox:
@@ -60,6 +62,21 @@ class SecretBox:
         except InvalidToken as exc:
             raise StoreError("a stored secret cannot be decrypted: the key changed "
                              f"(set {KEY_ENV} or restore the key file), or the store was altered") from exc
+
+    def seal(self, plaintext: str) -> str:
+        """``plaintext`` encrypted, as relay365.toml keeps a secret the admin page wrote."""
+        return SEALED_PREFIX + self.encrypt(plaintext).decode("ascii")
+
+    def unseal(self, value: str) -> str:
+        """The plaintext of a sealed value; any other value as it is."""
+        if not value.startswith(SEALED_PREFIX):
+            return value
+        try:
+            return self.decrypt(value.removeprefix(SEALED_PREFIX).encode("ascii"))
+        except (StoreError, UnicodeEncodeError) as exc:
+            raise ConfigError("a client secret in relay365.toml was encrypted with another key: restore "
+                              f"the key file (or {KEY_ENV}), or enter the secret again on the admin "
+                              "page") from exc
 
     def __repr__(self) -> str:
         return "SecretBox(<key hidden>)"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from ._alerts import AlertSettings
 
@@ -87,6 +87,9 @@ class ConnectionSettings(BaseModel):
                                         "for the sign-in (any port when it is http://localhost).",
         examples=["http://localhost", "https://relay.example.com/auth/callback"])
 
+    # The installation's key file, for a client secret the admin page sealed (set by Settings).
+    _key_file: Path | None = PrivateAttr(None)
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
@@ -122,6 +125,17 @@ class ConnectionSettings(BaseModel):
             raise ValueError("give the secret one way: client_secret, client_secret_env "
                              "or client_secret_file")
         return self
+
+    def secret_value(self) -> str | None:
+        """The client secret given in the file, unsealed when the admin page wrote it sealed."""
+        if self.client_secret is None:
+            return None
+        value = self.client_secret.get_secret_value()
+        if self._key_file is None:
+            return value
+        from ..auth._crypto import SecretBox  # the key is read only when a secret is needed
+
+        return SecretBox.from_environment(self._key_file).unseal(value)
 
     @property
     def sender(self) -> str | None:
@@ -249,6 +263,12 @@ class Settings(BaseModel):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+
+    @model_validator(mode="after")
+    def _sealed_secrets_key(self) -> Settings:
+        for c in self.connections:
+            c._key_file = self.key_file
+        return self
 
     @model_validator(mode="after")
     def _unique(self) -> Settings:

@@ -2,19 +2,22 @@
 checklist for each (from the same code as `relay365 init`).
 
 The form edits relay365.toml (through ``AdminSite.change_settings``): the relay runs on the
-result before the page answers.  A client secret goes to the file and never back to the
-browser: the form shows only that one is set, where it comes from and when it expires.
+result before the page answers.  A client secret typed here is written to the file sealed
+(encrypted with the installation's key, as tokens are in the store) and never goes back to
+the browser: the form shows only that one is set, where it comes from and when it expires.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from ..auth import SEALED_PREFIX, SecretBox
 from ..config import DEFAULT_AUTHORITY_HOST, DEFAULT_GRAPH_URL, ConnectionSettings
 from ..errors import ConfigError, Relay365Error
 from ..setup import entra_plan
@@ -34,7 +37,8 @@ def _secret_source(conn: ConnectionSettings | None) -> str | None:
     if conn is None:
         return None
     if conn.client_secret is not None:
-        return "a client secret is set in relay365.toml"
+        sealed = conn.client_secret.get_secret_value().startswith(SEALED_PREFIX)
+        return "a client secret is set in relay365.toml" + (" (encrypted)" if sealed else "")
     if conn.client_secret_env:
         return f"the client secret is read from the environment variable {conn.client_secret_env}"
     if conn.client_secret_file:
@@ -56,7 +60,8 @@ def _form_values(conn: ConnectionSettings | None) -> dict[str, str]:
     return values
 
 
-def _entry_from_form(form: FormData, existing: dict[str, Any] | None) -> dict[str, Any]:
+def _entry_from_form(form: FormData, existing: dict[str, Any] | None,
+                     seal: Callable[[str], str]) -> dict[str, Any]:
     """The connection's TOML table from the form, keeping what the form does not show."""
     entry = dict(existing or {})
     for key in _TEXT_FIELDS:
@@ -79,7 +84,7 @@ def _entry_from_form(form: FormData, existing: dict[str, Any] | None) -> dict[st
         entry.pop("force_from")
     secret = str(form.get("client_secret") or "").strip()
     if secret:  # empty keeps the stored one: the page never has it to send back
-        entry["client_secret"] = secret
+        entry["client_secret"] = seal(secret)
     return entry
 
 
@@ -126,6 +131,9 @@ async def _save(admin: Admin, request: Request, form: FormData) -> Response:
         except Relay365Error as exc:
             return admin.render(request, "error.html", 404, title="No such connection", message=exc.message)
 
+    # Encrypted with the installation's key: the file keeps no secret in clear.
+    box = SecretBox.from_environment(admin.settings.key_file)
+
     def change(data: dict[str, Any]) -> dict[str, Any]:
         connections = list(data.get("connections", []))
         index = next((i for i, c in enumerate(connections) if c.get("name") == name), None)
@@ -136,7 +144,7 @@ async def _save(admin: Admin, request: Request, form: FormData) -> Response:
         if editing is not None and index is None:
             raise ConfigError(f"connection {name!r} is not in the configuration file (it comes from "
                               "elsewhere), so the page cannot edit it")
-        entry = _entry_from_form(form, connections[index] if index is not None else None)
+        entry = _entry_from_form(form, connections[index] if index is not None else None, box.seal)
         entry["name"] = name
         if index is None:
             connections.append(entry)
