@@ -120,6 +120,13 @@ class Reloads:
             if not future.done():
                 future.set_result(None)
 
+    def failed(self, error: Exception) -> None:
+        """The requested configuration did not start: whoever waits for it hears why."""
+        waiting, self._waiting = self._waiting, []
+        for future in waiting:
+            if not future.done():
+                future.set_exception(error)
+
 
 class _Running:
     """The parts one configuration runs: SMTP listeners, the HTTP listener, the delivery engine."""
@@ -185,10 +192,24 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None, grace:
     http, http_task = await _start_http(settings, front)
     retention = asyncio.create_task(_prune_periodically(store, settings))
     try:
+        fallback: Settings | None = None  # the configuration that ran last, if a new one fails
         while True:
-            running = _Running(settings, store, site)
+            running: _Running | None = None
             try:
+                running = _Running(settings, store, site)
                 await running.start(front)
+            except Exception as exc:  # e.g. a port taken or an alert URL Apprise refuses
+                if running is not None:
+                    await running.stop(grace)
+                if fallback is None:
+                    raise
+                log.error("the new configuration did not start (%s: %s); running the previous one",
+                          type(exc).__name__, exc)
+                reloads.failed(exc)
+                settings, fallback = fallback, None
+                continue
+            fallback = settings
+            try:
                 reloads.done()
                 ready = _ready_info(settings, running.smtp, http)
                 log.info("relay365 ready: %s", ready)

@@ -171,3 +171,63 @@ def test_api_key_and_user_added_by_the_cli_are_accepted(m365sim: Simulator, tmp_
             "from": "info@contoso.com", "to": ["api@example.org"], "subject": "no", "text": "hi"})
         assert (ok.status_code, wrong.status_code) == (202, 401)
         eventually(lambda: len(m365sim.mailbox("api@example.org").messages) == 1)
+
+
+def test_a_reload_that_cannot_start_keeps_the_running_configuration(tmp_path: Path) -> None:
+    import logging
+
+    from relay365.config import load_settings
+    from relay365.serve import serve
+
+    port = free_port()
+    config = tmp_path / "relay365.toml"
+
+    def write(smtp_port: int) -> None:
+        write_settings(settings_from_dict({"state_dir": str(tmp_path / "state"), "relay": {
+            "smtp": [{"host": "127.0.0.1", "port": smtp_port}], "http_port": 0}}, env={}), config)
+
+    def listening(smtp_port: int) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", smtp_port), timeout=5):
+                return True
+        except OSError:
+            return False
+
+    def accepts(smtp_port: int) -> bool:
+        eventually(lambda: listening(smtp_port), timeout=30)  # the previous listener, restarted
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=5) as smtp:
+            return smtp.noop()[0] == 250
+
+    errors: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        fell_back = asyncio.Event()
+
+        class Watch(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                errors.append(record.getMessage())
+                loop.call_soon_threadsafe(fell_back.set)
+
+        watch = Watch(logging.ERROR)
+        logging.getLogger("relay365.serve").addHandler(watch)
+        write(port)
+        stop = asyncio.Event()
+        started = asyncio.Event()
+        running = asyncio.create_task(serve(load_settings(config), stop=stop, grace=1, config_file=config,
+                                            on_ready=lambda _: started.set()))
+        await started.wait()
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            write(taken.getsockname()[1])
+            os.kill(os.getpid(), signal.SIGHUP)
+            await fell_back.wait()
+        assert await asyncio.to_thread(accepts, port)  # the previous listener runs again
+        stop.set()
+        await running
+        logging.getLogger("relay365.serve").removeHandler(watch)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    assert len(errors) == 1 and "the new configuration did not start" in errors[0]
+    assert "address already in use" in errors[0]

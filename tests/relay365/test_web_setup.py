@@ -136,3 +136,22 @@ def test_a_failed_sign_in_shows_its_diagnosis(m365sim: Simulator, tmp_path: Path
         unknown = admin.get("/auth/callback?state=forged&code=x")
         assert unknown.status_code == 400
         assert "not one in progress" in unknown.text
+
+
+def test_settings_that_do_not_run_leave_the_file_as_it_was(tmp_path: Path) -> None:
+    import asyncio
+
+    from relay365.errors import ConfigError
+    from relay365.web import AdminSite
+
+    config = empty_config(tmp_path)
+    before = config.read_bytes()
+
+    async def apply(settings: object) -> None:
+        raise OSError("address already in use")
+
+    site = AdminSite(session_key=b"k" * 32, config_file=config, apply=apply)
+    with pytest.raises(ConfigError, match=r"relay365\.toml is unchanged") as raised:
+        asyncio.run(site.change_settings(lambda data: {**data, "alerts": {"backlog_threshold": 5}}))
+    assert "address already in use" in raised.value.message
+    assert config.read_bytes() == before

@@ -67,8 +67,15 @@ class AdminSite:
         if self.config_file is None or self.apply is None:
             raise ConfigError("relay365 was started without a configuration file, so the page "
                               "cannot change settings: start it with `relay365 serve --config FILE`")
+        before = self.config_file.read_bytes() if self.config_file.exists() else None
         settings = update_config_file(self.config_file, change)
-        await self.apply(settings)
+        try:
+            await self.apply(settings)
+        except Exception as exc:  # valid, yet it would not run (a port taken, say): undo
+            if before is not None:
+                self.config_file.write_bytes(before)
+            raise ConfigError(f"relay365 could not run on these settings ({type(exc).__name__}: {exc}); "
+                              "relay365.toml is unchanged and the previous settings still run") from exc
         return settings
 
 
