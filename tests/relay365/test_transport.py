@@ -267,7 +267,7 @@ ENVELOPE = Envelope(ADMIN, ("fran@example.org",), simple_message())
 def test_public_names() -> None:
     assert sorted(transport_module.__all__) == sorted([
         "Envelope", "GraphTransport", "SendOutcome", "SmtpXoauth2Transport", "Transport",
-        "from_address", "prepare_mime", "transport_for", "with_from"])
+        "from_address", "prepare_mime", "split_head", "transport_for", "with_from"])
 
 
 def test_transport_for_follows_the_setting() -> None:

@@ -14,16 +14,16 @@ from ._catalogue import Entry, Match, catalogue, find_entry, lookup_entry, match
 
 if _typing.TYPE_CHECKING:
     from ._doctor import Check, DoctorReport, config_failure, run_doctor
-    from ._expiry import WARN_DAYS, CredentialExpiry, credential_expiries, graph_http
+    from ._expiry import WARN_DAYS, CredentialExpiry, credential_expiries, graph_http, local_expiries
 
 _LAZY = {"Check": "_doctor", "DoctorReport": "_doctor", "config_failure": "_doctor",
          "run_doctor": "_doctor", "WARN_DAYS": "_expiry", "CredentialExpiry": "_expiry",
-         "credential_expiries": "_expiry", "graph_http": "_expiry"}
+         "credential_expiries": "_expiry", "graph_http": "_expiry", "local_expiries": "_expiry"}
 
 
 __getattr__ = _lazy_attributes(__name__, {name: f".{module}" for name, module in _LAZY.items()})
 
 
 __all__ = ["WARN_DAYS", "Check", "CredentialExpiry", "DoctorReport", "Entry", "Match", "catalogue",
-           "config_failure", "credential_expiries", "find_entry", "graph_http", "lookup_entry",
-           "match_entry", "run_doctor"]
+           "config_failure", "credential_expiries", "find_entry", "graph_http", "local_expiries",
+           "lookup_entry", "match_entry", "run_doctor"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 from ..auth import TokenSource
 from ..config import ConnectionSettings
 from ._graph import GraphTransport
-from ._mime import from_address, prepare_mime, with_from
+from ._mime import from_address, prepare_mime, split_head, with_from
 from ._smtp import SmtpXoauth2Transport
 from ._types import Envelope, SendOutcome, Transport
 
@@ -29,6 +29,7 @@ __all__ = [
     "Transport",
     "from_address",
     "prepare_mime",
+    "split_head",
     "transport_for",
     "with_from",
 ]

@@ -23,7 +23,7 @@ from starlette.responses import RedirectResponse, Response
 from ..diagnose import Entry, find_entry, lookup_entry
 from ..errors import StoreError
 from ..store import MessageState, NewMessage
-from ..transport._mime import split_head
+from ..transport import split_head
 from ._security import action, page
 from ._site import Admin
 

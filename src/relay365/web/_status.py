@@ -11,8 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..config import ConnectionSettings
-from ..diagnose import Entry, lookup_entry
-from ..diagnose._expiry import local_expiries
+from ..diagnose import Entry, local_expiries, lookup_entry
 from ..errors import StoreError
 from ..store import ConnectionState, MessageState, OutcomeCount
 from ._log import failure_entry
