@@ -224,9 +224,6 @@ def test_next_does_not_leave_the_site(m365sim: Simulator, tmp_path: Path) -> Non
             fresh.close()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _security._to_login puts the query into next= unencoded, "
-                                       "so the login returns to /log?recipient=a@example.org without "
-                                       "&status=failed")
 def test_login_returns_to_the_whole_address(m365sim: Simulator, tmp_path: Path) -> None:
     config = write_config(m365sim, tmp_path, free_port())
     with admin_relay(config) as (_, ready):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -71,7 +72,7 @@ def start_session(admin: Admin, request: Request) -> None:
 
 def _to_login(request: Request) -> Response:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return RedirectResponse(f"/login?next={target}", status_code=303)
+    return RedirectResponse("/login?" + urllib.parse.urlencode({"next": target}), status_code=303)
 
 
 def page(handler: Page) -> Callable[[Admin, Request], Awaitable[Response]]:
