@@ -141,7 +141,11 @@ def test_session_cookie_and_security_headers(m365sim: Simulator, tmp_path: Path)
         fresh = AdminClient(ready["http_url"])
         try:
             login_page = fresh.get("/login")
+            before = fresh.csrf("/login")
             response = fresh.login()
+            after = fresh.csrf("/setup")  # a new session at login: a token seen before is worthless
+            assert after != before
+            assert fresh.http.post("/logout", data={"csrf": before}).status_code == 403
         finally:
             fresh.close()
     assert response.status_code == 303
