@@ -14,6 +14,7 @@ import json
 import re
 import smtplib
 import ssl
+import tomllib
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+import tomli_w
 
 from m365sim import Simulator
 from relay365 import Client
@@ -275,7 +277,7 @@ def crawl(client: AdminClient, start: list[str]) -> dict[str, str]:
     return seen
 
 
-def sign_in_from_the_page(client: AdminClient, sim: Simulator) -> str | None:
+def sign_in_from_the_page(client: AdminClient, sim: Simulator) -> str:
     """The page's "Sign in with Microsoft 365" as a browser does it; the result page's path.
     The seed's browser user has consented, so m365sim answers the authorize request at once."""
     started = client.post("/setup/demo/sign-in", form_page="/setup/demo")
@@ -288,19 +290,25 @@ def sign_in_from_the_page(client: AdminClient, sim: Simulator) -> str | None:
     return urllib.parse.urlsplit(landed.headers["location"]).path
 
 
-def test_no_secret_or_token_in_any_page(admin: tuple[AdminClient, dict[str, Any], Path],
-                                        m365sim: Simulator) -> None:
-    client, ready, config = admin
-    with smtplib.SMTP(ready["smtp_host"], ready["smtp_port"], timeout=30) as smtp:
-        smtp.sendmail("info@contoso.com", ["crawl@example.org"],
-                      b"From: info@contoso.com\r\nTo: crawl@example.org\r\nSubject: crawl\r\n\r\nhi\r\n")
-    start = get_paths({"name": "demo"}, known_only=True)  # the crawl finds the others' ids
-    if "/setup/{name}/sign-in" in {p for p, _ in route_table()}:
-        result = sign_in_from_the_page(client, m365sim)
-        assert result is not None
-        start.append(result)
-    pages = crawl(client, start)
-    forbidden = {SECRET, *stored_tokens(config)}
+# An alert channel's credentials sit in its URL: user, password, path and query.
+ALERT_SECRETS = ["alert-pass-4f7d", "hook-token-9c2e", "query-secret-71b"]
+ALERT_URL = "json://alerts:alert-pass-4f7d@127.0.0.1:9/hook-token-9c2e?key=query-secret-71b"
+
+
+def test_no_secret_or_token_in_any_page(m365sim: Simulator, tmp_path: Path) -> None:
+    config = write_config(m365sim, tmp_path, free_port())
+    data = tomllib.loads(config.read_text(encoding="utf-8"))
+    data.setdefault("alerts", {})["urls"] = [ALERT_URL]
+    config.write_text(tomli_w.dumps(data), encoding="utf-8")
+    sign_in(m365sim, config)
+    with admin_relay(config) as (client, ready):
+        with smtplib.SMTP(ready["smtp_host"], ready["smtp_port"], timeout=30) as smtp:
+            smtp.sendmail("info@contoso.com", ["crawl@example.org"],
+                          b"From: info@contoso.com\r\nTo: crawl@example.org\r\nSubject: crawl\r\n\r\nhi\r\n")
+        # Every page with a known address, the page sign-in's result, and what they link to.
+        start = [*get_paths({"name": "demo"}, known_only=True), sign_in_from_the_page(client, m365sim)]
+        pages = crawl(client, start)
+    forbidden = {SECRET, *ALERT_SECRETS, *stored_tokens(config)}
     password_hash = re.search(r'password_hash = "([^"]+)"', config.read_text())
     assert password_hash
     forbidden.add(password_hash.group(1))
@@ -308,3 +316,7 @@ def test_no_secret_or_token_in_any_page(admin: tuple[AdminClient, dict[str, Any]
         for value in forbidden:
             assert value not in html, f"{path} shows a secret ({value[:12]}...)"
     assert set(PROMISED_PAGES) <= set(pages), sorted(set(PROMISED_PAGES) - set(pages))
+    # The crawl saw the places a secret could show: the channel (masked), a message, a sign-in.
+    assert "json://" in pages["/alerts"] and "127.0.0.1" in pages["/alerts"]
+    assert any(re.fullmatch(r"/log/[^/]+", p) for p in pages)
+    assert any("/signed-in/" in p for p in pages)
