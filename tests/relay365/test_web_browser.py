@@ -67,7 +67,7 @@ def test_log_in_through_the_form(browser: Browser, m365sim: Simulator, tmp_path:
             new_page(browser) as page:
         base = ready["http_url"]
         page.goto(base + "/setup")
-        expect(page).to_have_url(re.compile(r"/login\?next=/setup$"))
+        expect(page).to_have_url(re.compile(r"/login\?next=(/|%2F)setup$"))
         page.get_by_label("Admin password").fill("not the password")
         page.get_by_role("button", name="Log in").click()
         expect(page.get_by_role("alert")).to_contain_text("Wrong password")
@@ -80,7 +80,7 @@ def test_log_in_through_the_form(browser: Browser, m365sim: Simulator, tmp_path:
         page.get_by_role("button", name="Log out").click()
         expect(page).to_have_url(base + "/login")
         page.goto(base + "/setup")
-        expect(page).to_have_url(re.compile(r"/login\?next=/setup$"))
+        expect(page).to_have_url(re.compile(r"/login\?next=(/|%2F)setup$"))
 
 
 def add_connection(page: Page, sim: Simulator) -> None:
@@ -142,6 +142,10 @@ def test_setup_sign_in_test_email_and_a_failure_fixed_from_the_log(
         expect(page.locator("ol.checklist > li").first).to_be_visible()
         expect(page.locator("#secret-status")).to_contain_text("expiring 2028-06-01")
         expect(page.locator("#client_secret")).to_have_value("")
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+        page.get_by_role("button", name="Copy").click()
+        expect(page.get_by_role("button", name="Copied")).to_be_visible()
+        assert page.evaluate("navigator.clipboard.readText()") == callback.input_value()
         register_callback(m365sim, callback.input_value())
 
         # Sign in with Microsoft 365: m365sim's account picker, then its consent page.
@@ -211,11 +215,15 @@ def test_setup_sign_in_test_email_and_a_failure_fixed_from_the_log(
         page.get_by_role("link", name="Status").click()
         expect(page.locator("#connection-contoso")).to_be_visible()
         screenshot(page, "status.png")
+        message_page = page.locator("#failures a[href^='/log/']").first.get_attribute("href")
+        assert message_page
         with new_page(browser, viewport=PHONE, is_mobile=True) as phone:
             log_in(phone, base)
             expect(phone.locator("#connection-contoso")).to_be_visible()
-            width = phone.evaluate("document.documentElement.scrollWidth")
-            assert width <= PHONE["width"], f"the status page is {width} px wide on a 390 px phone"
+            for path in ("/", "/setup", "/setup/contoso", "/test", "/log", message_page):
+                phone.goto(base + path)
+                width = phone.evaluate("document.documentElement.scrollWidth")
+                assert width <= PHONE["width"], f"{path} is {width} px wide on a 390 px phone"
 
 
 XSS = '<script>window.__xss = 1; alert("xss")</script><img src=x onerror="window.__xss = 2">'
