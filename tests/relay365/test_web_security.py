@@ -41,6 +41,7 @@ SESSIONLESS = {CALLBACK_PATH}
 SECRET = "seed~Delegated.Secret-0123456789abcdefghij"  # write_config's client secret (the seed's)
 _PARAM = re.compile(r"\{(\w+)(?::(\w+))?\}")
 _HREF = re.compile(r'href="([^"#]+)')
+_FORM = re.compile(r"<form\b([^>]*)>(.*?)</form>", re.DOTALL | re.IGNORECASE)
 
 
 def route_table() -> list[tuple[str, set[str]]]:
@@ -316,6 +317,11 @@ def test_no_secret_or_token_in_any_page(m365sim: Simulator, tmp_path: Path) -> N
         for value in forbidden:
             assert value not in html, f"{path} shows a secret ({value[:12]}...)"
     assert set(PROMISED_PAGES) <= set(pages), sorted(set(PROMISED_PAGES) - set(pages))
+    # Every POST form carries the token; no GET form does (it would end up in URLs and logs).
+    for path, html in pages.items():
+        for attributes, body in _FORM.findall(html):
+            posts = re.search(r'method="post"', attributes, re.IGNORECASE) is not None
+            assert ('name="csrf"' in body) == posts, (path, attributes)
     # The crawl saw the places a secret could show: the channel (masked), a message, a sign-in.
     assert "json://" in pages["/alerts"] and "127.0.0.1" in pages["/alerts"]
     assert any(re.fullmatch(r"/log/[^/]+", p) for p in pages)
