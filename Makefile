@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck pytest tools bench clean
+.PHONY: test demo lint typecheck pytest tools bench clean screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("relay365 needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -34,6 +34,10 @@ pytest: $(STAMP) tools
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# The admin page's screenshots in docs/screenshots/ (the README shows them), from the browser tests.
+screenshots: $(STAMP) tools
+	RELAY365_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/pytest -q tests/relay365/test_web_browser.py
 
 # The whole system on its embedded defaults: SQLite, and m365sim in place of Microsoft 365.
 demo: $(STAMP)
