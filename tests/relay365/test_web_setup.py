@@ -78,6 +78,9 @@ def test_create_a_connection_sign_in_and_deliver(m365sim: Simulator, tmp_path: P
         detail = admin.get("/setup/contoso")
         assert DEMO_SECRET not in detail.text
         assert "A client secret is set in relay365.toml (encrypted), expiring 2028-06-01" in detail.text
+        # The setup and status pages count the days alike (as the expiry alerts do).
+        days = re.search(r"expiring 2028-06-01 \(in (\d+) days\)", detail.text)
+        assert days and f"in {days.group(1)} days" in admin.get("/").text
         assert "Add delegated permission Mail.Send.Shared" in detail.text
         assert f"Redirect URI: http://localhost:{port}/auth/callback" in detail.text
 

@@ -19,6 +19,7 @@ from starlette.responses import RedirectResponse, Response
 
 from ..auth import SEALED_PREFIX, SecretBox
 from ..config import DEFAULT_AUTHORITY_HOST, DEFAULT_GRAPH_URL, ConnectionSettings
+from ..diagnose import local_expiries
 from ..errors import ConfigError, Relay365Error
 from ..setup import entra_plan
 from ._security import action, page
@@ -46,6 +47,12 @@ def _secret_source(conn: ConnectionSettings | None) -> str | None:
     if conn.certificate_file:
         return f"the certificate {conn.certificate_file} is used"
     return None
+
+
+def _secret_days_left(conn: ConnectionSettings) -> int | None:
+    """Days until the client secret expires, counted as the status page and the alerts count."""
+    now = dt.datetime.now(dt.UTC)
+    return next((e.days_left(now) for e in local_expiries(conn) if e.kind == "client secret"), None)
 
 
 def _form_values(conn: ConnectionSettings | None) -> dict[str, str]:
@@ -89,9 +96,10 @@ def _entry_from_form(form: FormData, existing: dict[str, Any] | None,
 
 
 async def connections_page(admin: Admin, request: Request) -> Response:
-    states = {c.name: await admin.store.connection_state(c.name) for c in admin.settings.connections}
-    return admin.render(request, "setup_list.html", connections=admin.settings.connections,
-                        states=states, today=dt.date.today())
+    connections = admin.settings.connections
+    states = {c.name: await admin.store.connection_state(c.name) for c in connections}
+    return admin.render(request, "setup_list.html", connections=connections, states=states,
+                        days_left={c.name: _secret_days_left(c) for c in connections})
 
 
 async def _show(admin: Admin, request: Request, conn: ConnectionSettings | None, *,
@@ -106,7 +114,8 @@ async def _show(admin: Admin, request: Request, conn: ConnectionSettings | None,
     return admin.render(request, "connection.html", status_code, conn=conn,
                         values=values or _form_values(conn), error=error, callback=callback,
                         plan=plan, state=state,
-                        secret_source=_secret_source(conn), today=dt.date.today())
+                        secret_source=_secret_source(conn),
+                        days_left=_secret_days_left(conn) if conn is not None else None)
 
 
 async def new_page(admin: Admin, request: Request) -> Response:
