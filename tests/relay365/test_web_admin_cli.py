@@ -65,6 +65,10 @@ def test_the_demo_serves_its_admin_page_behind_a_one_time_password() -> None:
             setup = admin.get("/setup")
             assert setup.status_code == 200 and ">demo</a>" in setup.text
             assert "signed in" in setup.text
+            log = admin.get("/log")  # the demo's mail, through every way in, delivered
+            for way in ("SMTP", "sendmail", "the HTTP API"):
+                assert f"relay365 demo via {way}" in log.text
+            assert log.text.count('data-state="sent"') >= 3
             admin.close()
         finally:
             demo.send_signal(signal.SIGTERM)
