@@ -277,3 +277,34 @@ def test_message_content_is_shown_as_text_and_never_runs(browser: Browser, m365s
             expect(page.locator("#text-body")).to_contain_text(f"text body {XSS}")
             expect(page.locator("#html-body")).to_contain_text(f"<p>html body</p>{XSS}")
             harmless()
+
+
+# Every form control must have a name a screen reader can say (a <label>, aria-label or
+# aria-labelledby); hidden inputs and buttons (named by their text) aside.
+_UNNAMED_CONTROLS = """() => Array.from(document.querySelectorAll('input, select, textarea'))
+    .filter(el => el.type !== 'hidden' && el.type !== 'submit' && el.type !== 'button')
+    .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                  && !el.getAttribute('aria-labelledby'))
+    .map(el => el.name || el.id || el.outerHTML.slice(0, 80))"""
+
+
+def test_every_page_labels_its_controls_and_works_from_the_keyboard(
+        browser: Browser, m365sim: Simulator, tmp_path: Path) -> None:
+    config = write_config(m365sim, tmp_path, free_port())
+    with ThreadPoolExecutor(1) as pool:  # sign_in runs its own event loop; Playwright's is running here
+        pool.submit(sign_in, m365sim, config).result()
+    with admin_relay_process(config) as ready, new_page(browser) as page:
+        base = ready["http_url"]
+        page.goto(base + "/login")
+        # Keyboard only: the password field has the focus, Enter submits.
+        page.keyboard.type(ADMIN_PASSWORD)
+        page.keyboard.press("Enter")
+        expect(page).to_have_url(base + "/")
+        # The first Tab reaches the skip link, which moves past the navigation.
+        page.keyboard.press("Tab")
+        expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+        for path in ("/", "/setup", "/setup/new", "/setup/demo", "/test", "/log", "/alerts", "/doctor"):
+            page.goto(base + path)
+            assert page.evaluate(_UNNAMED_CONTROLS) == [], path
+            expect(page.locator("h1")).to_have_count(1)
+            assert page.evaluate("document.documentElement.lang") == "en"
