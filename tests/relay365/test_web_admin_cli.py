@@ -73,3 +73,24 @@ def test_the_demo_serves_its_admin_page_behind_a_one_time_password() -> None:
         finally:
             demo.send_signal(signal.SIGTERM)
             demo.wait(60)
+
+
+def test_a_new_admin_password_signs_every_session_out(tmp_path: Path) -> None:
+    from .test_serve import eventually, free_port, relay
+    from .web_helpers import ADMIN_PASSWORD, with_admin_password
+
+    config = tmp_path / "relay365.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\n[relay]\nhttp_port = 0\n'
+                      f'smtp = [{{ host = "127.0.0.1", port = {free_port()} }}]\n')
+    with_admin_password(config)
+    with relay(config) as (proc, ready):
+        admin = AdminClient(ready["http_url"])
+        assert admin.login().status_code == 303
+        assert admin.get("/").status_code == 200
+        changed = relay365("admin", "set-password", "--config", str(config), "--stdin", input="a-new-one-9\n")
+        assert changed.returncode == 0, changed.stderr
+        proc.send_signal(signal.SIGHUP)
+        eventually(lambda: admin.get("/").status_code == 303, timeout=30)  # back to the login
+        assert admin.login(ADMIN_PASSWORD).status_code == 401
+        assert admin.login("a-new-one-9").status_code == 303
+        admin.close()

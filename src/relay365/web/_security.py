@@ -59,14 +59,14 @@ def csrf_valid(request: Request, form: FormData) -> bool:
 def signed_in(admin: Admin, request: Request) -> bool:
     session = request.session
     started = session.get("signed_in_at")
-    if not isinstance(started, (int, float)) or session.get("epoch") != admin.site.session_epoch:
+    if not isinstance(started, (int, float)) or session.get("epoch") != admin.session_epoch:
         return False
     return time.time() - started < admin.settings.admin.session_hours * 3600
 
 
 def start_session(admin: Admin, request: Request) -> None:
     request.session.clear()  # a new token after login: one seen before it is worth nothing
-    request.session.update({"signed_in_at": time.time(), "epoch": admin.site.session_epoch,
+    request.session.update({"signed_in_at": time.time(), "epoch": admin.session_epoch,
                             CSRF_FIELD: secrets.token_urlsafe(32)})
 
 

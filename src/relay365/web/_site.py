@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
+from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
@@ -89,7 +91,13 @@ class Admin:
     enqueue: Callable[[NewMessage], Awaitable[str]]
     engine: DeliveryEngine | None = None
     alerts: AlertService | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def session_epoch(self) -> str:
+        """What a session must carry to be valid: it changes when relay365 restarts or the
+        admin password changes, and so signs every older session out."""
+        password = self.settings.admin.password_hash or ""
+        return hashlib.sha256(f"{self.site.session_epoch}:{password}".encode()).hexdigest()[:16]
 
     def render(self, request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
         flashes = request.session.pop("flash", []) if signed_in(self, request) else []
@@ -148,7 +156,5 @@ def admin_routes(admin: Admin) -> list[BaseRoute]:
     session = Middleware(SessionMiddleware, secret_key=admin.site.session_key.hex(),
                          session_cookie=SESSION_COOKIE, same_site="lax",
                          max_age=int(admin.settings.admin.session_hours * 3600), https_only=False)
-    from starlette.applications import Starlette
-
     app = Starlette(routes=[*routes, Mount("/static", static, name="static")], middleware=[session])
     return [Mount("/", app=SecurityHeaders(app))]
