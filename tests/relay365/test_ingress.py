@@ -454,6 +454,24 @@ def test_auth_without_tls_only_on_loopback_when_allowed(tmp_path: Path) -> None:
         thread.close()
 
 
+def test_failed_logins_from_an_address_pause_its_auth(tmp_path: Path) -> None:
+    thread = RelayThread(relay_settings(tmp_path, auth_without_tls_on_loopback=True, auth_failures=2))
+    wrong = base64.b64encode(b"\0printer\0wrong password").decode()
+    right = base64.b64encode(f"\0printer\0{PASSWORD}".encode()).decode()
+    try:
+        with thread.smtp() as smtp:
+            smtp.ehlo()
+            assert reply(smtp.docmd("AUTH", f"PLAIN {wrong}")) == replies.AUTH_FAILED
+            assert reply(smtp.docmd("AUTH", f"PLAIN {wrong}")) == replies.AUTH_FAILED
+            paused = reply(smtp.docmd("AUTH", f"PLAIN {right}"))  # even the right password, for now
+            assert paused.startswith("454 4.7.0 Too many failed logins from your address")
+        with thread.smtp() as smtp:  # a new connection from the same address is paused too
+            smtp.ehlo()
+            assert reply(smtp.docmd("AUTH", f"PLAIN {right}")).startswith("454 4.7.0")
+    finally:
+        thread.close()
+
+
 def test_a_user_is_held_to_their_senders(tmp_path: Path) -> None:
     thread = RelayThread(relay_settings(tmp_path, auth_without_tls_on_loopback=True, users=[
         {"name": "printer", "password_hash": PASSWORD_HASH, "senders": ["Admin@contoso.com"]}]))

@@ -209,6 +209,10 @@ class RelaySettings(BaseModel):
                                   description="Largest message accepted (bytes); Exchange's "
                                               "default is 35 MB.")
     max_recipients: int = Field(500, gt=0, le=1000, description="Most recipients per message.")
+    auth_failures: int = Field(5, gt=0, description="Failed SMTP logins allowed per client address "
+                                                    "within `auth_failure_window` before AUTH is refused "
+                                                    "for a while (454).")
+    auth_failure_window: float = Field(300, gt=0, description="The SMTP login limit's window (seconds).")
 
 
 class DeliverySettings(BaseModel):

@@ -39,6 +39,7 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
+from .._limits import FailedLogins
 from ..config import Settings, SmtpListener
 from ..errors import ConfigError, StoreError
 from . import replies
@@ -268,12 +269,13 @@ class RelayHandler:
     """The aiosmtpd handler of one listener: policy at MAIL/RCPT/DATA, enqueue at DATA."""
 
     def __init__(self, listener: SmtpListener, settings: Settings, store: Outbox, policy: Policy,
-                 credentials: Credentials) -> None:
+                 credentials: Credentials, failed_logins: FailedLogins) -> None:
         self.listener = listener
         self._settings = settings
         self._store = store
         self._policy = policy
         self._credentials = credentials
+        self._failed_logins = failed_logins  # shared by every listener
 
     def __repr__(self) -> str:
         return f"RelayHandler({self.listener.host}:{self.listener.port}, tls={self.listener.tls})"
@@ -338,11 +340,20 @@ class RelayHandler:
         login = credentials.login.decode("utf-8", "replace")
         assert server.session is not None
         peer = peer_address(server.session)
+        relay = self._settings.relay
+        wait = self._failed_logins.retry_after(peer or "?", relay.auth_failures, relay.auth_failure_window)
+        if wait is not None:  # refused before argon2 runs: guessing costs the guesser, not us
+            log.warning("AUTH %s refused for user %r from [%s]: too many failed logins",
+                        mechanism, login, peer)
+            return AuthResult(success=False, handled=False,
+                              message=replies.AUTH_TOO_MANY.format(seconds=int(wait) + 1))
         client = await asyncio.get_running_loop().run_in_executor(
             None, self._credentials.check_user, login, credentials.password)
         if client is None:
+            self._failed_logins.failed(peer or "?")
             log.warning("AUTH %s failed for user %r from [%s]", mechanism, login, peer)
             return AuthResult(success=False, handled=False, message=replies.AUTH_FAILED)
+        self._failed_logins.succeeded(peer or "?")
         log.info("AUTH %s: user %r logged in from [%s]", mechanism, client.name, peer)
         return AuthResult(success=True, auth_data=client)
 
@@ -464,10 +475,12 @@ async def start_smtp_listeners(settings: Settings, store: Outbox, policy: Policy
     # aiosmtpd would look the name up on every connection; once is enough.
     hostname = await loop.run_in_executor(None, socket.getfqdn)
     credentials = Credentials(settings.relay)
+    failed_logins = FailedLogins()
     servers: list[asyncio.Server] = []
     try:
         for listener in settings.relay.smtp:
-            servers.append(await _start(listener, settings, store, policy, credentials, hostname, loop))
+            handler = RelayHandler(listener, settings, store, policy, credentials, failed_logins)
+            servers.append(await _start(handler, settings, hostname, loop))
     except BaseException:
         for server in servers:
             server.close()
@@ -475,10 +488,10 @@ async def start_smtp_listeners(settings: Settings, store: Outbox, policy: Policy
     return servers
 
 
-async def _start(listener: SmtpListener, settings: Settings, store: Outbox, policy: Policy,
-                 credentials: Credentials, hostname: str, loop: asyncio.AbstractEventLoop) -> asyncio.Server:
+async def _start(handler: RelayHandler, settings: Settings, hostname: str,
+                 loop: asyncio.AbstractEventLoop) -> asyncio.Server:
+    listener = handler.listener
     context = _tls_context(listener) if listener.tls != "none" else None
-    handler = RelayHandler(listener, settings, store, policy, credentials)
     # aiosmtpd refuses AUTH without STARTTLS by itself; implicit TLS and loopback AUTH are the
     # handler's to judge (see RelayHandler.handle_AUTH).
     require_tls = listener.tls != "implicit" and not settings.relay.auth_without_tls_on_loopback

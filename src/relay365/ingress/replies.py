@@ -26,6 +26,8 @@ AUTH_REQUIRED = "530 5.7.0 Authentication required"
 AUTH_REQUIRED_FIX = "this listener has require_auth = true: log in with AUTH (a user of relay.users)"
 ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+# RFC 4954's temporary failure: too many wrong passwords from this address, for now.
+AUTH_TOO_MANY = "454 4.7.0 Too many failed logins from your address: try again in {seconds} seconds"
 AUTH_NOT_ENABLED = "503 5.5.1 Error: authentication not enabled"
 CLIENT_NOT_ALLOWED = ("550 5.7.1 Client host [{client}] is not in relay.allowed_networks: "
                       "authenticate first (not an open relay)")

@@ -12,7 +12,6 @@ import hmac
 import secrets
 import time
 import urllib.parse
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -100,30 +99,3 @@ def action(handler: Action) -> Callable[[Admin, Request], Awaitable[Response]]:
         return await handler(admin, request, form)
 
     return guarded
-
-
-class LoginLimiter:
-    """Wrong passwords per client address: ``attempts`` per ``window`` seconds, then a pause."""
-
-    def __init__(self) -> None:
-        self._failures: dict[str, deque[float]] = {}
-
-    def retry_after(self, client: str, attempts: int, window: float) -> float | None:
-        """Seconds until ``client`` may try again, or None when it may now."""
-        failures = self._failures.get(client)
-        if not failures:
-            return None
-        now = time.monotonic()
-        while failures and failures[0] <= now - window:
-            failures.popleft()
-        if len(failures) < attempts:
-            return None
-        return failures[0] + window - now
-
-    def failed(self, client: str) -> None:
-        self._failures.setdefault(client, deque()).append(time.monotonic())
-        if len(self._failures) > 10_000:  # a flood of addresses must not grow memory forever
-            self._failures.pop(next(iter(self._failures)))
-
-    def succeeded(self, client: str) -> None:
-        self._failures.pop(client, None)

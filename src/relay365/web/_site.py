@@ -20,9 +20,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .._limits import FailedLogins
 from ..config import Settings, update_config_file
 from ..errors import ConfigError
-from ._security import CSRF_FIELD, LoginLimiter, csrf_token, signed_in
+from ._security import CSRF_FIELD, csrf_token, signed_in
 
 if TYPE_CHECKING:
     from ..alerts import AlertService
@@ -53,7 +54,7 @@ class AdminSite:
         self.config_file = config_file
         self.apply = apply
         self.session_epoch = secrets.token_hex(8)  # a restart signs everyone out
-        self.limiter = LoginLimiter()
+        self.limiter = FailedLogins()
         self.sign_ins: SignIns = SignIns()
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("relay365.web", "templates"),
