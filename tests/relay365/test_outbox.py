@@ -458,6 +458,26 @@ def test_defer_connection_holds_its_waiting_messages_without_counting_attempts(d
     run(scenario)
 
 
+def test_release_connection_makes_its_held_mail_due_at_once(db: Database) -> None:
+    async def scenario() -> None:
+        store = await Store.open(db.url, new_box())
+        now = datetime.now(UTC)
+        held = await store.enqueue(new_message(1))
+        other = await store.enqueue(new_message(2, connection="fabrikam"))
+        until = after(now, 1800)
+        for name in ("contoso", "fabrikam"):
+            assert await store.defer_connection(name, until, "R365-NEEDS-SIGN-IN", "", now=now) == 1
+        assert await store.release_connection("contoso", now=after(now, 5)) == 1
+        message = await store.get_message(held)
+        assert message is not None and (message.state, message.next_attempt_at) == (QUEUED, None)
+        untouched = await store.get_message(other)
+        assert untouched is not None and untouched.state == DEFERRED
+        due = await store.claim_due("w", limit=10, lease_seconds=60, now=after(now, 5))
+        assert [m.id for m in due] == [held]
+        await store.close()
+    run(scenario)
+
+
 # -- retention, counts, listing ----------------------------------------------------------------
 
 def test_prune_drops_sent_bodies_then_old_rows(db: Database) -> None:

@@ -194,6 +194,12 @@ def retry(conn: Connection, now: datetime, message_id: str | None = None,
     return _move(conn, [where], QUEUED, now, "retried by hand", next_attempt_at=None)
 
 
+def release_connection(conn: Connection, connection: str, now: datetime) -> int:
+    """The connection's deferred messages back to ``queued``, due at once: it was signed in again."""
+    where = and_(messages.c.state == DEFERRED, messages.c.connection == connection)
+    return _move(conn, [where], QUEUED, now, "released: the connection was signed in", next_attempt_at=None)
+
+
 def defer_connection(conn: Connection, connection: str, until: datetime, entry_id: str, detail: str,
                      now: datetime) -> int:
     """Hold the connection's waiting messages as deferred until ``until``; no attempt is counted."""

@@ -373,6 +373,12 @@ class Store:
         return await self._run("retrying failed messages", True, outbox.retry, _now(now, "now"),
                                connection=connection)
 
+    async def release_connection(self, connection: str, *, now: datetime | None = None) -> int:
+        """The connection's deferred messages (held for a sign-in, or waiting to be tried
+        again) back to ``queued``, due at once, because someone signed it in; how many."""
+        return await self._run(f"releasing the mail of {connection}", True, outbox.release_connection,
+                               connection, _now(now, "now"))
+
     async def defer_connection(self, connection: str, until: datetime, entry_id: str, detail: str, *,
                                now: datetime | None = None) -> int:
         """Hold the connection's queued and deferred messages until ``until``; how many.

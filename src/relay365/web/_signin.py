@@ -24,7 +24,6 @@ from ..auth import Connection, SignInFlow, SignInResult
 from ..diagnose import Entry
 from ..errors import Relay365Error
 from ..setup import needed_permissions
-from ..store import MessageState
 from ._security import action, page
 from ._site import Admin
 
@@ -115,9 +114,7 @@ async def _signed_in(admin: Admin, name: str) -> None:
     if admin.engine is None:
         return
     admin.engine.signed_in(name)
-    for message in await admin.store.list_messages(states={MessageState.DEFERRED}, connection=name,
-                                                   limit=10_000):
-        await admin.store.retry(message.id)
+    await admin.store.release_connection(name)
     admin.engine.kick()
 
 
