@@ -11,13 +11,9 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 
+from .test_cli import relay365
 from .test_serve import env
 from .web_helpers import AdminClient
-
-
-def relay365(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "relay365", *args], capture_output=True, text=True,
-                          input=input, timeout=120, env=env())
 
 
 def test_admin_set_password_stores_only_an_argon2_hash(tmp_path: Path) -> None:
@@ -76,13 +72,10 @@ def test_the_demo_serves_its_admin_page_behind_a_one_time_password() -> None:
 
 
 def test_a_new_admin_password_signs_every_session_out(tmp_path: Path) -> None:
-    from .test_serve import eventually, free_port, relay
-    from .web_helpers import ADMIN_PASSWORD, with_admin_password
+    from .test_serve import eventually, relay
+    from .web_helpers import ADMIN_PASSWORD, empty_config, with_admin_password
 
-    config = tmp_path / "relay365.toml"
-    config.write_text(f'state_dir = "{tmp_path / "state"}"\n[relay]\nhttp_port = 0\n'
-                      f'smtp = [{{ host = "127.0.0.1", port = {free_port()} }}]\n')
-    with_admin_password(config)
+    config = with_admin_password(empty_config(tmp_path))
     with relay(config) as (proc, ready):
         admin = AdminClient(ready["http_url"])
         assert admin.login().status_code == 303

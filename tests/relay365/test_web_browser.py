@@ -22,12 +22,11 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from m365sim import Simulator
-from relay365.config import settings_from_dict, write_settings
 from relay365.demo import DEMO_CLIENT_ID, DEMO_SECRET
 
 from .browser import PHONE, new_page, screenshot
 from .test_serve import eventually, free_port, relay, sign_in, write_config
-from .web_helpers import ADMIN_PASSWORD, with_admin_password
+from .web_helpers import ADMIN_PASSWORD, empty_config, with_admin_password
 
 # The seed's tenant before anyone consented to the app or gave Send As on info@.
 FIRST_SETUP = str(Path(__file__).with_name("first-setup.toml"))
@@ -41,16 +40,6 @@ def admin_relay_process(config: Path) -> Iterator[dict[str, Any]]:
     with_admin_password(config)
     with relay(config) as (_, ready):
         yield ready
-
-
-def empty_config(tmp_path: Path) -> Path:
-    """A relay with no connection yet: what `relay365 serve` runs on before setup."""
-    data = {"state_dir": str(tmp_path / "state"),
-            "relay": {"smtp": [{"host": "127.0.0.1", "port": free_port()}], "http_port": 0},
-            "delivery": {"minimal_backoff": 0.2}}
-    config = tmp_path / "relay365.toml"
-    write_settings(settings_from_dict(data, env={}), config)
-    return config
 
 
 def log_in(page: Page, base: str, path: str = "/") -> None:

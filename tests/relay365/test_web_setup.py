@@ -14,20 +14,10 @@ import pytest
 
 from m365sim import Simulator
 from relay365.auth import SecretBox
-from relay365.config import settings_from_dict, write_settings
 from relay365.demo import DEMO_CLIENT_ID, DEMO_SECRET
 
-from .test_serve import eventually, free_port
-from .web_helpers import AdminClient, admin_relay
-
-
-def empty_config(tmp_path: Path) -> Path:
-    config = tmp_path / "relay365.toml"
-    write_settings(settings_from_dict({
-        "state_dir": str(tmp_path / "state"),
-        "relay": {"smtp": [{"host": "127.0.0.1", "port": free_port()}], "http_port": 0},
-    }, env={}), config)
-    return config
+from .test_serve import eventually
+from .web_helpers import AdminClient, admin_relay, empty_config
 
 
 def connection_form(sim: Simulator, **changes: str) -> dict[str, str]:

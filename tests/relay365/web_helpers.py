@@ -16,12 +16,23 @@ from typing import Any
 import httpx
 import tomli_w
 
+from relay365.config import settings_from_dict, write_settings
 from relay365.ingress import hash_password
 
-from .test_serve import relay
+from .test_serve import free_port, relay
 
 ADMIN_PASSWORD = "correct horse battery staple"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def empty_config(tmp_path: Path) -> Path:
+    """A relay with no connection yet: what `relay365 serve` runs on before setup."""
+    data = {"state_dir": str(tmp_path / "state"),
+            "relay": {"smtp": [{"host": "127.0.0.1", "port": free_port()}], "http_port": 0},
+            "delivery": {"minimal_backoff": 0.2}}
+    config = tmp_path / "relay365.toml"
+    write_settings(settings_from_dict(data, env={}), config)
+    return config
 
 
 def with_admin_password(config: Path, password: str = ADMIN_PASSWORD) -> Path:
