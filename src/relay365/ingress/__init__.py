@@ -17,6 +17,7 @@ from ._policy import Client, Policy, Refusal, Route
 from ._sendmail import main as sendmail_command
 from ._sendmail import sendmail_main
 from ._smtp import RelayHandler, RelaySMTP, start_smtp_listeners
+from ._submit import prepare as prepare_submission
 
 __all__ = [
     "Client",
@@ -31,6 +32,7 @@ __all__ = [
     "hash_password",
     "new_api_key",
     "openapi_document",
+    "prepare_submission",
     "replies",
     "sendmail_command",
     "sendmail_main",

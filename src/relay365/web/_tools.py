@@ -1,7 +1,7 @@
 """Test email and doctor: send a real message through the outbox and watch it, run the doctor.
 
 The test email goes the way an application's mail goes: the same policy as every way in
-(``ingress._submit.prepare``), the outbox, the delivery engine.  So it shows in the log and
+(``ingress.prepare_submission``), the outbox, the delivery engine.  So it shows in the log and
 can be retried from there, and its result is what an application's message would get.
 """
 
@@ -21,8 +21,7 @@ from starlette.responses import Response
 
 from ..diagnose import Entry, find_entry, lookup_entry
 from ..errors import Relay365Error, StoreError
-from ..ingress import Client, Policy, Refusal
-from ..ingress._submit import prepare  # the one place local submissions become NewMessages
+from ..ingress import Client, Policy, Refusal, prepare_submission
 from ..store import Attempt, MessageState, QueuedMessage
 from ._security import action, page
 from ._site import Admin
@@ -165,7 +164,7 @@ async def _send_test_email(admin: Admin, request: Request, form: FormData) -> Re
         raw, rcpts = _build(admin, wanted)
     except _Invalid as invalid:
         return _test_page(admin, request, wanted, 400, error=invalid.message, error_field=invalid.field)
-    decision = prepare(Policy(admin.settings), raw, sender=wanted.sender, recipients=rcpts,
+    decision = prepare_submission(Policy(admin.settings), raw, sender=wanted.sender, recipients=rcpts,
                        client=Client("local", CLIENT_LABEL), source="http", client_label=CLIENT_LABEL)
     if isinstance(decision, Refusal):
         return _test_page(admin, request, wanted, 400, error=f"{decision.message} {decision.fix}",
