@@ -27,7 +27,6 @@ from relay365.store import (
     MessageState,
     NewMessage,
     QueuedMessage,
-    SendRecord,
     Store,
     _bodies,
     _outbox_queries,
@@ -186,6 +185,31 @@ def test_an_expired_lease_goes_to_another_worker_and_the_first_is_refused(db: Da
         with pytest.raises(LeaseLost, match="now sent"):  # finishing twice is refused too
             await store.finish_attempt(message_id, "w2", SENT_OK, after(now, 90), now=after(now, 93))
         assert issubclass(LeaseLost, StoreError)
+        await store.close()
+    run(scenario)
+
+
+def test_a_direct_send_is_queued_already_leased_and_comes_back_if_its_sender_dies(db: Database) -> None:
+    async def scenario() -> None:
+        store = await Store.open(db.url, new_box())
+        now = datetime.now(UTC)
+        held = await store.enqueue_claimed(new_message(source="api"), "python:1", lease_seconds=60, now=now)
+        assert (held.state, held.lease_owner, held.attempts, held.source) == (SENDING, "python:1", 1, "api")
+        assert await store.claim_due("engine", limit=5, lease_seconds=60, now=after(now, 59)) == []
+        assert await store.message_body(held.id) == new_message().raw
+
+        # The sending process died: when its lease ends, the delivery engine takes the message over.
+        taken = await claim_one(store, "engine", after(now, 60))
+        assert (taken.id, taken.attempts) == (held.id, 2)
+        done = await store.finish_attempt(held.id, "engine", SENT_OK, after(now, 60), now=after(now, 61))
+        assert done.state == SENT
+        assert [(e.from_state, e.to_state) for e in await store.events(held.id)] == [
+            (None, QUEUED), (QUEUED, SENDING), (SENDING, SENDING), (SENDING, SENT)]
+
+        sent = await store.enqueue_claimed(new_message(2), "python:2", lease_seconds=60, now=now)
+        assert (await store.finish_attempt(sent.id, "python:2", SENT_OK, now, now=after(now, 1))).state == SENT
+        with pytest.raises(ValueError, match="lease_seconds"):
+            await store.enqueue_claimed(new_message(), "python:3", lease_seconds=0)
         await store.close()
     run(scenario)
 
@@ -487,9 +511,6 @@ def test_prune_drops_sent_bodies_then_old_rows(db: Database) -> None:
         sent = await finished(store, SENT_OK, 1, now)
         dead = await finished(store, FAILED_403, 2, now)
         waiting = await store.enqueue(new_message(3))
-        await store.record_send(SendRecord(id="D1", time=now, connection="contoso", transport="graph",
-                                           sender="app@contoso.com", recipients=("a@example.com",),
-                                           subject="direct", size=10, status="sent"))
 
         assert await store.prune(sent_bodies_before=now, log_before=after(now, -86400)) == (0, 0)
         assert await store.prune(sent_bodies_before=after(now, 1), log_before=after(now, -86400)) == (1, 0)
@@ -500,9 +521,8 @@ def test_prune_drops_sent_bodies_then_old_rows(db: Database) -> None:
             await store.message_body(sent.id)
         assert await store.message_body(dead.id)  # a dead letter keeps its body, to be retried
 
-        assert await store.prune(sent_bodies_before=after(now, 1), log_before=after(now, 1)) == (0, 3)
+        assert await store.prune(sent_bodies_before=after(now, 1), log_before=after(now, 1)) == (0, 2)
         assert await store.get_message(sent.id) is None and await store.get_message(dead.id) is None
-        assert await store.recent_sends() == []
         assert [m.id for m in await store.list_messages()] == [waiting]  # never pruned while waiting
         await store.close()
     run(scenario)
@@ -583,7 +603,7 @@ def test_list_messages_finds_parts_of_recipient_sender_and_subject_until_a_time(
     run(scenario)
 
 
-def test_outcome_counts_per_period_from_attempts_and_direct_sends(db: Database) -> None:
+def test_outcome_counts_per_period_from_attempts(db: Database) -> None:
     async def scenario() -> None:
         store = await Store.open(db.url, new_box())
         day = datetime(2026, 3, 2, tzinfo=UTC)
@@ -595,10 +615,7 @@ def test_outcome_counts_per_period_from_attempts_and_direct_sends(db: Database) 
         await finished(store, FAILED_403, 3, after(day, 86400))  # the second day's first moment
         await finished(store, deferred_until(after(day, 90000)), 4, after(day, 86500))  # not an outcome
         await finished(store, SENT_OK, 5, after(day, -1))  # before every period
-        await store.record_send(SendRecord(id="D1", time=after(day, 90000), connection="contoso",
-                                           transport="graph", sender="app@contoso.com",
-                                           recipients=("a@example.com",), subject="direct", size=10,
-                                           status="failed"))
+        await finished(store, FAILED_403, 6, after(day, 89000))
         counts = await store.outcome_counts(periods)
         assert [(c.start, c.end) for c in counts] == periods
         assert [(c.sent, c.failed) for c in counts] == [(2, 0), (0, 2), (2, 2)]

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 import relay365.store
 from relay365.auth._crypto import SecretBox
 from relay365.errors import ConfigError, StoreError
-from relay365.store import ConnectionState, SendRecord, Store, _migrations, _schema
+from relay365.store import ConnectionState, MessageState, Store, _migrations, _schema
 
 POSTGRES_URL = os.environ.get("RELAY365_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
 REFRESH_TOKEN = "0.AXoA-refresh-" + secrets.token_urlsafe(24)
@@ -64,7 +64,9 @@ class Database:
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         if self.path is not None:
             with contextlib.closing(sqlite3.connect(self.path)) as conn:
-                return conn.execute(sql).fetchall()
+                rows = conn.execute(sql).fetchall()
+                conn.commit()
+                return rows
         with psycopg.connect(_libpq(self.url), autocommit=True) as conn:
             cursor = conn.execute(sql)
             return cursor.fetchall() if cursor.description else []
@@ -103,18 +105,11 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
         yield Database("postgresql", url.render_as_string(hide_password=False), schema=schema)
 
 
-def send(id: str, time: datetime, connection: str = "contoso", **fields: Any) -> SendRecord:
-    values: dict[str, Any] = {"transport": "graph", "sender": "noreply@contoso.com",
-                              "recipients": ("a@example.com", "b@example.com"),
-                              "subject": f"message {id}", "size": 1234, "status": "sent"}
-    return SendRecord(id=id, time=time, connection=connection, **(values | fields))
-
-
 # -- public surface ----------------------------------------------------------------------------
 
 def test_public_surface() -> None:
     assert sorted(relay365.store.__all__) == sorted(
-        ["SEND_STATUSES", "Cipher", "ConnectionState", "SendRecord", "SendStatus", "Store",
+        ["Cipher", "ConnectionState", "Store",
          # the outbox (tests/relay365/test_outbox.py)
          "ATTEMPT_OUTCOMES", "MESSAGE_SOURCES", "Attempt", "AttemptOutcome", "AttemptResult", "Event",
          "GroupCommitStats", "LeaseLost", "MessageSource", "MessageState", "NewMessage", "QueuedMessage",
@@ -306,60 +301,47 @@ def test_connection_state_default_then_upserted_field_by_field(db: Database) -> 
     run(scenario)
 
 
-# -- send log ----------------------------------------------------------------------------------
+# -- the send log of older versions --------------------------------------------------------
 
-def test_send_log_is_newest_first_and_filters_by_connection(db: Database) -> None:
-    async def scenario() -> None:
-        store = await Store.open(db.url, new_box())
-        assert await store.recent_sends() == []
-        records = [
-            send("Q1", T0),
-            send("Q3", T0 + timedelta(minutes=2), "fabrikam"),
-            send("Q2", T0 + timedelta(minutes=1), status="failed", code="ErrorSendAsDenied",
-                 entry_id="GRAPH-SEND-AS-DENIED", request_id="req-1", detail="403 from Graph"),
-            send("Q4", T0 + timedelta(minutes=2)),  # same time as Q3: the id breaks the tie
-        ]
-        for record in records:
-            await store.record_send(record)
-
-        assert [r.id for r in await store.recent_sends()] == ["Q4", "Q3", "Q2", "Q1"]
-        assert [r.id for r in await store.recent_sends(limit=2)] == ["Q4", "Q3"]
-        assert await store.recent_sends(limit=0) == []
-        assert [r.id for r in await store.recent_sends(connection="contoso")] == ["Q4", "Q2", "Q1"]
-        assert await store.recent_sends(connection="nobody") == []
-        by_id = {r.id: r for r in await store.recent_sends()}
-        assert by_id == {r.id: r for r in records}  # every field comes back as it went in
-
-        with pytest.raises(StoreError, match="failed while recording send Q1"):
-            await store.record_send(send("Q1", T0))
-        with pytest.raises(ValueError, match="zero or more"):
-            await store.recent_sends(limit=-1)
-        await store.close()
-    run(scenario)
-
-
-def test_send_times_are_kept_in_utc(db: Database) -> None:
+def test_migration_4_moves_the_send_log_into_the_outbox(db: Database,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Direct sends logged before version 4 become outbox messages, with their attempt and event."""
     paris = datetime(2026, 3, 1, 14, 30, tzinfo=timezone(timedelta(hours=2)))
 
     async def scenario() -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(_migrations, "MIGRATIONS", _migrations.MIGRATIONS[:3])
+            await (await Store.open(db.url, new_box())).close()
+        insert = ("INSERT INTO sends (id, time, connection, transport, sender, recipients, subject, size, "
+                  "status, code, entry_id, request_id, detail) VALUES ")
+        db.query(insert + "('D1', '2026-03-01 12:30:00.000000', 'contoso', 'graph', 'info@contoso.com', "
+                 "'[\"a@example.com\", \"b@example.com\"]', 'sent once', 120, 'sent', NULL, NULL, "
+                 "'req-1', NULL)")
+        db.query(insert + "('D2', '2026-03-01 12:31:00.000000', 'contoso', 'graph', 'info@contoso.com', "
+                 "'[\"c@example.com\"]', 'refused', 99, 'failed', 'ErrorSendAsDenied', "
+                 "'M365-SEND-AS-DENIED', 'req-2', '403 from Graph')")
         store = await Store.open(db.url, new_box())
-        await store.record_send(send("Q1", paris))
-        [record] = await store.recent_sends()
-        assert record.time == paris and record.time.tzinfo is UTC
-        assert record.time.hour == 12
+        assert await store.schema_version() == 4
+        sent, failed = await store.get_message("D1"), await store.get_message("D2")
+        assert sent is not None and failed is not None
+        assert (sent.state, sent.recipients, sent.subject, sent.size, sent.source, sent.attempts,
+                sent.request_id) == (MessageState.SENT, ("a@example.com", "b@example.com"), "sent once",
+                                     120, "api", 1, "req-1")
+        assert sent.sent_at == sent.received_at == paris
+        assert (failed.state, failed.last_code, failed.last_entry_id, failed.last_detail, failed.sent_at) == (
+            MessageState.FAILED, "ErrorSendAsDenied", "M365-SEND-AS-DENIED", "403 from Graph", None)
+        [attempt] = await store.attempts("D2")
+        assert (attempt.number, attempt.outcome, attempt.code, attempt.request_id) == (
+            1, "failed", "ErrorSendAsDenied", "req-2")
+        assert [e.to_state for e in await store.events("D1")] == [MessageState.SENT]
+        [day] = await store.outcome_counts([(paris - timedelta(hours=1), paris + timedelta(hours=1))])
+        assert (day.sent, day.failed) == (1, 1)
+        assert {m.id for m in await store.list_messages(states={MessageState.FAILED})} == {"D2"}
         await store.close()
     run(scenario)
-    if db.backend == "sqlite":
-        assert db.query("SELECT time FROM sends") == [("2026-03-01 12:30:00.000000",)]
-    else:
-        assert db.query("SELECT to_char(time AT TIME ZONE 'UTC', 'HH24:MI') FROM sends") == [("12:30",)]
-
-
-def test_send_record_checks_its_fields() -> None:
-    with pytest.raises(ValueError, match="status"):
-        send("Q1", T0, status="queued")
-    with pytest.raises(ValueError, match="timezone-aware"):
-        send("Q1", datetime(2026, 3, 1))
+    tables = ("SELECT name FROM sqlite_master WHERE name = 'sends'" if db.backend == "sqlite" else
+              "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'sends'")
+    assert db.query(tables) == []
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -408,14 +390,14 @@ def test_an_unreachable_database_is_a_store_error_naming_the_cause(backend: str,
 def test_a_failing_statement_is_a_store_error_naming_what_was_done(db: Database) -> None:
     async def scenario() -> None:
         store = await Store.open(db.url, new_box())
-        db.query("DROP TABLE sends")
+        db.query("DROP TABLE settings")
         with pytest.raises(StoreError) as caught:
-            await store.recent_sends()
+            await store.get_setting("secret_expires_at")
         assert caught.value.message.startswith(
             ("the SQLite database at " if db.backend == "sqlite" else "PostgreSQL at ")
             + f"{db.path or ''}")
-        assert "failed while reading recent sends: " in caught.value.message
-        assert "sends" in caught.value.message
+        assert "failed while reading setting 'secret_expires_at': " in caught.value.message
+        assert "settings" in caught.value.message
         await store.close()
     run(scenario)
 

@@ -1,9 +1,10 @@
 """The store: relay365's one durable store (SQLite by default, PostgreSQL for several nodes).
 
-It owns the schema and its migrations, the outbox (queued messages, their bodies,
-attempts and state changes), the encrypted MSAL token caches, each connection's sign-in
-state, the log of direct sends and small settings.  Only this package runs SQL; every
-database failure leaves it as ``relay365.errors.StoreError``.
+It owns the schema and its migrations, the outbox (queued messages, their bodies, attempts
+and state changes), the encrypted MSAL token caches, each connection's sign-in state and
+small settings. Every message, whichever way it came and whether it was queued or sent at
+once (``enqueue_claimed``), is in the outbox and its log. Only this package runs SQL;
+every database failure leaves it as ``relay365.errors.StoreError``.
 
     store = await Store.open("sqlite:////var/lib/relay365/relay365.db", box)
     queue_id = await store.enqueue(NewMessage("contoso", sender, recipients, raw, "smtp", peer))
@@ -23,7 +24,6 @@ from ._messages import AttemptResult, NewMessage, new_queue_id
 from ._rows import (
     ATTEMPT_OUTCOMES,
     MESSAGE_SOURCES,
-    SEND_STATUSES,
     Attempt,
     AttemptOutcome,
     ConnectionState,
@@ -32,15 +32,12 @@ from ._rows import (
     MessageState,
     OutcomeCount,
     QueuedMessage,
-    SendRecord,
-    SendStatus,
 )
 from ._store import Cipher, Store
 
 __all__ = [
     "ATTEMPT_OUTCOMES",
     "MESSAGE_SOURCES",
-    "SEND_STATUSES",
     "Attempt",
     "AttemptOutcome",
     "AttemptResult",
@@ -54,8 +51,6 @@ __all__ = [
     "NewMessage",
     "OutcomeCount",
     "QueuedMessage",
-    "SendRecord",
-    "SendStatus",
     "Store",
     "new_queue_id",
 ]

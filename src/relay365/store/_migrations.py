@@ -8,6 +8,7 @@ never edited: change the schema with a new one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -183,10 +184,58 @@ def _attempts_by_time(conn: Connection) -> None:
     Index("attempts_by_finished", attempts.c.finished_at, attempts.c.outcome).create(conn)
 
 
+def _sends_into_outbox(conn: Connection) -> None:
+    # Direct sends were logged in a table of their own; they are outbox messages now.  Each
+    # row becomes a message in its final state (sent, or failed in the dead letter), with
+    # its one attempt and its events, so the log, the counts per day and retention see it
+    # as they see relayed mail.  Its body was never kept: a failed one cannot be retried.
+    md = MetaData()
+    sends = Table("sends", md, Column("id", Text), Column("time", UTCDateTime), Column("connection", Text),
+                  Column("transport", Text), Column("sender", Text), Column("recipients", JSON),
+                  Column("subject", Text), Column("size", Integer), Column("status", Text),
+                  Column("code", Text), Column("entry_id", Text), Column("request_id", Text),
+                  Column("detail", Text))
+    messages = Table("messages", md, *(Column(name, kind) for name, kind in (
+        ("id", Text), ("connection", Text), ("sender", Text), ("recipients", Text), ("subject", Text),
+        ("size", Integer), ("source", Text), ("client", Text), ("state", Text), ("attempts", Integer),
+        ("received_at", UTCDateTime), ("updated_at", UTCDateTime), ("last_code", Text),
+        ("last_entry_id", Text), ("last_detail", Text), ("sent_at", UTCDateTime), ("request_id", Text))))
+    attempts = Table("attempts", md, *(Column(name, kind) for name, kind in (
+        ("message_id", Text), ("number", Integer), ("started_at", UTCDateTime), ("finished_at", UTCDateTime),
+        ("connection", Text), ("transport", Text), ("worker", Text), ("outcome", Text), ("code", Text),
+        ("entry_id", Text), ("request_id", Text), ("detail", Text))))
+    events = Table("message_events", md, Column("message_id", Text), Column("time", UTCDateTime),
+                   Column("from_state", Text), Column("to_state", Text), Column("detail", Text))
+    taken = set(conn.scalars(select(messages.c.id).where(messages.c.id.in_(select(sends.c.id)))))
+    rows = [r for r in conn.execute(select(sends).order_by(sends.c.time, sends.c.id)).mappings()
+            if r["id"] not in taken]  # a queue id is unique to the outbox; a clash keeps the queued one
+    for chunk in (rows[i:i + 500] for i in range(0, len(rows), 500)):
+        if not chunk:
+            continue
+        conn.execute(insert(messages), [{
+            "id": r["id"], "connection": r["connection"], "sender": r["sender"],
+            "recipients": json.dumps(list(r["recipients"]), ensure_ascii=False), "subject": r["subject"],
+            "size": r["size"], "source": "api", "client": "direct send", "state": r["status"],
+            "attempts": 1, "received_at": r["time"], "updated_at": r["time"], "last_code": r["code"],
+            "last_entry_id": r["entry_id"], "last_detail": r["detail"],
+            "sent_at": r["time"] if r["status"] == "sent" else None, "request_id": r["request_id"]}
+            for r in chunk])
+        conn.execute(insert(attempts), [{
+            "message_id": r["id"], "number": 1, "started_at": r["time"], "finished_at": r["time"],
+            "connection": r["connection"], "transport": r["transport"], "worker": None,
+            "outcome": r["status"], "code": r["code"], "entry_id": r["entry_id"],
+            "request_id": r["request_id"], "detail": r["detail"]} for r in chunk])
+        conn.execute(insert(events), [
+            {"message_id": r["id"], "time": r["time"], "from_state": None, "to_state": r["status"],
+             "detail": "sent directly (moved from the send log)"} for r in chunk])
+    sends.drop(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "token caches, connection states, send log, settings", _first_tables),
     Migration(2, "outbox: messages, bodies, attempts, events", _outbox),
     Migration(3, "attempts by time, for counts per day", _attempts_by_time),
+    Migration(4, "direct sends move from the send log into the outbox", _sends_into_outbox),
 )
 
 

@@ -37,7 +37,7 @@ from ._queries import insert_many
 from ._rows import Attempt, Event, MessageState, OutcomeCount
 from ._rows import QueuedMessage as Message
 from ._schema import attempts as attempts_table
-from ._schema import message_bodies, message_events, messages, sends
+from ._schema import message_bodies, message_events, messages
 
 T = TypeVar("T")
 
@@ -86,6 +86,18 @@ def insert_messages(conn: Connection, batch: Sequence[Incoming]) -> None:
     client = {i.id: f" from {i.message.client}" if i.message.client else "" for i in batch}
     _record_events(conn, [_event(i.id, i.received_at, None, QUEUED,
                                  f"received by {i.message.source}{client[i.id]}") for i in batch])
+
+
+def insert_claimed(conn: Connection, incoming: Incoming, worker: str, lease_until: datetime) -> Message:
+    """Queue one message and lease it to ``worker`` at once: a direct send, as claim_due would."""
+    insert_messages(conn, [incoming])
+    now = incoming.received_at
+    conn.execute(update(messages).where(messages.c.id == incoming.id).values(
+        state=SENDING.value, lease_owner=worker, lease_until=lease_until, attempts=1, updated_at=now))
+    _record_events(conn, [_event(incoming.id, now, QUEUED.value, SENDING, f"sent at once by {worker}")])
+    claimed = get_message(conn, incoming.id)
+    assert claimed is not None  # inserted in this transaction
+    return claimed
 
 
 # -- delivery ----------------------------------------------------------------------------------
@@ -283,22 +295,21 @@ def list_messages(conn: Connection, where: MessageFilter, limit: int) -> list[Me
 
 
 def outcome_counts(conn: Connection, periods: Sequence[tuple[datetime, datetime]]) -> list[OutcomeCount]:
-    """Messages sent and failed for good in each period: outbox attempts and direct sends."""
+    """Messages sent and failed for good in each period, counted from the attempts."""
     sent = dict.fromkeys(range(len(periods)), 0)
     failed = dict.fromkeys(range(len(periods)), 0)
     first, last = min(p[0] for p in periods), max(p[1] for p in periods)
-    # One pass over each table: a sum per period, grouped by outcome.
-    for time, outcome, rows in ((attempts_table.c.finished_at, attempts_table.c.outcome, attempts_table),
-                                (sends.c.time, sends.c.status, sends)):
-        sums = [func.coalesce(func.sum(case((and_(time >= start, time < end), 1), else_=0)), 0)
-                for start, end in periods]
-        query = (select(outcome, *sums).select_from(rows)
-                 .where(time >= first, time < last, outcome.in_([SENT.value, FAILED.value]))
-                 .group_by(outcome))
-        for row in conn.execute(query):
-            into = sent if row[0] == SENT.value else failed
-            for i in range(len(periods)):
-                into[i] += int(row[i + 1])
+    # One pass along attempts_by_finished: a sum per period, grouped by outcome.
+    time, outcome = attempts_table.c.finished_at, attempts_table.c.outcome
+    sums = [func.coalesce(func.sum(case((and_(time >= start, time < end), 1), else_=0)), 0)
+            for start, end in periods]
+    query = (select(outcome, *sums).select_from(attempts_table)
+             .where(time >= first, time < last, outcome.in_([SENT.value, FAILED.value]))
+             .group_by(outcome))
+    for row in conn.execute(query):
+        into = sent if row[0] == SENT.value else failed
+        for i in range(len(periods)):
+            into[i] += int(row[i + 1])
     return [OutcomeCount(start, end, sent[i], failed[i]) for i, (start, end) in enumerate(periods)]
 
 
@@ -321,8 +332,8 @@ def purge_failed(conn: Connection) -> int:
 
 
 def prune(conn: Connection, sent_bodies_before: datetime, log_before: datetime) -> tuple[int, int]:
-    """Drop the bodies of messages sent before the first time; remove finished messages and
-    send-log rows last changed before the second."""
+    """Drop the bodies of messages sent before the first time; remove finished messages last
+    changed before the second."""
     # From the bodies still kept (the waiting messages' and the recently sent ones'), not
     # from every sent message: the log keeps months of those.
     sent_long_ago = select(messages.c.id).where(messages.c.id == message_bodies.c.message_id,
@@ -333,5 +344,4 @@ def prune(conn: Connection, sent_bodies_before: datetime, log_before: datetime) 
     finished = conn.execute(delete(messages).where(messages.c.state.in_([SENT.value, FAILED.value]),
                                                    messages.c.received_at < log_before,
                                                    messages.c.updated_at < log_before))
-    logged = conn.execute(delete(sends).where(sends.c.time < log_before))
-    return bodies.rowcount, finished.rowcount + logged.rowcount
+    return bodies.rowcount, finished.rowcount

@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, insert, select
+from sqlalchemy import Connection, Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ._rows import ConnectionState, SendRecord
-from ._schema import connection_states, sends, settings, token_caches
+from ._rows import ConnectionState
+from ._schema import connection_states, settings, token_caches
 
 
 def _upsert(conn: Connection, table: Table, values: Mapping[str, Any], update: Mapping[str, Any]) -> None:
@@ -76,21 +76,6 @@ def upsert_connection_state(conn: Connection, connection: str, changes: Mapping[
                             now: datetime) -> None:
     update = {**changes, "updated_at": now}
     _upsert(conn, connection_states, {"connection": connection, "needs_sign_in": False, **update}, update)
-
-
-def insert_send(conn: Connection, record: SendRecord) -> None:
-    conn.execute(insert(sends).values(
-        id=record.id, time=record.time, connection=record.connection, transport=record.transport,
-        sender=record.sender, recipients=list(record.recipients), subject=record.subject,
-        size=record.size, status=record.status, code=record.code, entry_id=record.entry_id,
-        request_id=record.request_id, detail=record.detail))
-
-
-def recent_sends(conn: Connection, limit: int, connection: str | None) -> list[SendRecord]:
-    query = select(sends).order_by(sends.c.time.desc(), sends.c.id.desc()).limit(limit)
-    if connection is not None:
-        query = query.where(sends.c.connection == connection)
-    return [SendRecord.from_row(row) for row in conn.execute(query).mappings()]
 
 
 def get_setting(conn: Connection, key: str) -> str | None:

@@ -8,9 +8,6 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal, Self, get_args
 
-SendStatus = Literal["sent", "failed"]
-SEND_STATUSES: tuple[str, ...] = get_args(SendStatus)
-
 # How an attempt ended; also the state the message goes to.
 AttemptOutcome = Literal["sent", "deferred", "failed"]
 ATTEMPT_OUTCOMES: tuple[str, ...] = get_args(AttemptOutcome)
@@ -68,38 +65,6 @@ class ConnectionState:
                    entry_id=row["entry_id"], detail=row["detail"], account=row["account"],
                    scopes=tuple(row["scopes"] or ()), signed_in_at=row["signed_in_at"],
                    last_refresh_at=row["last_refresh_at"], updated_at=row["updated_at"])
-
-
-@dataclass(frozen=True)
-class SendRecord:
-    """One message sent directly (not through the queue), and how it ended."""
-
-    id: str  # queue-style id, first on every log line about the message
-    time: datetime
-    connection: str
-    transport: str
-    sender: str
-    recipients: tuple[str, ...]
-    subject: str
-    size: int
-    status: SendStatus
-    code: str | None = None  # what Microsoft answered (Graph error code, AADSTS number, SMTP reply)
-    entry_id: str | None = None  # catalogue id of the diagnosis
-    request_id: str | None = None  # Graph's request-id, for Microsoft support
-    detail: str | None = None
-
-    def __post_init__(self) -> None:
-        _require_aware("SendRecord.time", self.time)
-        if self.status not in SEND_STATUSES:
-            raise ValueError(f"SendRecord.status must be one of {SEND_STATUSES}, got {self.status!r}")
-
-    @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> Self:
-        return cls(id=row["id"], time=row["time"], connection=row["connection"],
-                   transport=row["transport"], sender=row["sender"],
-                   recipients=tuple(row["recipients"]), subject=row["subject"], size=row["size"],
-                   status=row["status"], code=row["code"], entry_id=row["entry_id"],
-                   request_id=row["request_id"], detail=row["detail"])
 
 
 @dataclass(frozen=True)

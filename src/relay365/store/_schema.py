@@ -51,23 +51,6 @@ connection_states = Table(
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
-sends = Table(
-    "sends", metadata,
-    Column("id", Text, primary_key=True),
-    Column("time", UTCDateTime, nullable=False),
-    Column("connection", Text, nullable=False),
-    Column("transport", Text, nullable=False),
-    Column("sender", Text, nullable=False),
-    Column("recipients", JSON, nullable=False),
-    Column("subject", Text, nullable=False),
-    Column("size", Integer, nullable=False),
-    Column("status", Text, nullable=False),  # one of SEND_STATUSES, checked by the database
-    Column("code", Text),
-    Column("entry_id", Text),
-    Column("request_id", Text),
-    Column("detail", Text),
-)
-
 settings = Table(
     "settings", metadata,
     Column("key", Text, primary_key=True),

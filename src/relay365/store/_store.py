@@ -30,7 +30,6 @@ from ._rows import (
     MessageState,
     OutcomeCount,
     QueuedMessage,
-    SendRecord,
     _require_aware,
 )
 
@@ -195,18 +194,6 @@ class Store:
         doing = f"updating the state of connection {connection!r}"
         return await self._run(doing, True, _update_and_read, connection, changes, datetime.now(UTC))
 
-    # -- send log ------------------------------------------------------------------------------
-
-    async def record_send(self, record: SendRecord) -> None:
-        """Add a message sent directly to the send log."""
-        await self._run(f"recording send {record.id}", True, queries.insert_send, record)
-
-    async def recent_sends(self, limit: int = 50, connection: str | None = None) -> list[SendRecord]:
-        """The latest sends, newest first; only those of ``connection`` when given."""
-        if limit < 0:
-            raise ValueError(f"limit must be zero or more, got {limit}")
-        return await self._run("reading recent sends", False, queries.recent_sends, limit, connection)
-
     # -- settings ------------------------------------------------------------------------------
 
     async def get_setting(self, key: str) -> str | None:
@@ -234,6 +221,24 @@ class Store:
         incoming = Incoming(new_queue_id(), datetime.now(UTC), message)
         await self._enqueues.submit(incoming)
         return incoming.id
+
+    async def enqueue_claimed(self, message: NewMessage, worker: str, *, lease_seconds: float,
+                              now: datetime | None = None) -> QueuedMessage:
+        """Queue ``message`` already leased to ``worker``, who sends it now (a direct send).
+
+        It is an outbox message like any other, in the same log, with the same attempts
+        and events; no delivery engine claims it while ``worker`` holds the lease, and one
+        does if the lease ends without an outcome (the sending process died).  One
+        transaction of its own, not the group commit: the caller waits for Microsoft anyway.
+        """
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be more than zero, got {lease_seconds}")
+        if not worker:
+            raise ValueError("worker must name the sending worker")
+        now = _now(now, "now")
+        incoming = Incoming(new_queue_id(), now, message)
+        return await self._run(f"queuing a direct send for {worker}", True, outbox.insert_claimed,
+                               incoming, worker, now + timedelta(seconds=lease_seconds))
 
     async def enqueue_many(self, messages: Sequence[NewMessage]) -> list[str]:
         """Queue several messages in one transaction of their own: all are queued, or none."""
@@ -344,8 +349,8 @@ class Store:
     async def outcome_counts(self, periods: Sequence[tuple[datetime, datetime]]) -> list[OutcomeCount]:
         """For each (start, end) period, how many messages were sent and how many failed for good.
 
-        Counts attempts of the outbox (a dead letter retried and then sent counts once in
-        each) and direct sends (the send log); a period includes its start, not its end.
+        Counts attempts (a dead letter retried and then sent counts once in each), direct
+        sends included; a period includes its start, not its end.
         """
         for start, end in periods:
             _require_aware("start", start)
@@ -408,7 +413,7 @@ class Store:
 
         Drops the bodies of messages sent before ``sent_bodies_before`` (their rows,
         attempts and events stay); removes sent and failed messages last changed before
-        ``log_before`` and send-log rows older than it.  Queued, deferred and sending
+        ``log_before``.  Queued, deferred and sending
         messages are never pruned.
         """
         _require_aware("sent_bodies_before", sent_bodies_before)
