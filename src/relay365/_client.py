@@ -1,27 +1,37 @@
 """The Python API: ``async with relay365.Client(settings) as client: await client.send(msg)``.
 
-The client routes a message to the connection that owns its sender, gets a token from
-that connection and hands the message to its transport, then records the outcome in the
-store.  Failures arrive as relay365 errors carrying their cause and fix.
+A message from Python takes the relay's path: the same ``Policy`` routes it and refuses
+what the relay refuses, ``prepare`` completes it as it completes a sendmail or HTTP
+submission, and it is an outbox message with its log, attempts and diagnosis.  ``send``
+sends it now through ``Outbound`` (as the delivery engine does, without pacing or
+retries: a failure is raised, and the message waits in the dead letter to be retried
+from the log); ``enqueue`` leaves it to the running relay's delivery engine, paced and
+retried.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import email.policy
-from copy import deepcopy
+import os
+import secrets
+import socket
 from dataclasses import dataclass
-from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import getaddresses
 from pathlib import Path
 from types import TracebackType
 
+from . import mime, policy
 from .auth import Connection, SecretBox
 from .config import ConnectionSettings, Settings, load_settings
-from .errors import ConfigError, DeliveryError, Relay365Error
-from .store import SendRecord, SendStatus, Store, new_queue_id
-from .transport import Envelope, Transport, transport_for
+from .errors import ConfigError, Relay365Error
+from .outbound import Outbound
+from .store import AttemptResult, NewMessage, Store
+from .transport import Envelope
+
+# Who a message from the Python API comes from, for the policy and the log.
+_SUBMITTER = policy.Client("local", "python")
 
 
 @dataclass(frozen=True)
@@ -37,24 +47,14 @@ class SendResult:
     request_id: str | None
 
 
-def new_message_id() -> str:
-    """A queue-style id for a direct send (the same form as the outbox's ids)."""
-    return new_queue_id()
-
-
-def _addresses(msg: EmailMessage, *headers: str) -> list[str]:
-    values = [str(v) for h in headers for v in msg.get_all(h, [])]
-    return [a.lower() for _, a in getaddresses(values) if a]
-
-
 class Client:
     """relay365 for Python code: send ``email.message.EmailMessage`` objects."""
 
     def __init__(self, settings: Settings | str | Path | None = None) -> None:
         self.settings = settings if isinstance(settings, Settings) else load_settings(settings)
+        self.policy = policy.Policy(self.settings)
         self._store: Store | None = None
-        self._connections: dict[str, Connection] = {}
-        self._transports: dict[str, Transport] = {}
+        self._outbound: Outbound | None = None
 
     async def __aenter__(self) -> Client:
         await self.store()
@@ -65,12 +65,9 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        for transport in self._transports.values():
-            await transport.aclose()
-        self._transports.clear()
-        for connection in self._connections.values():
-            connection.close()
-        self._connections.clear()
+        if self._outbound is not None:
+            await self._outbound.aclose()
+            self._outbound = None
         if self._store is not None:
             await self._store.close()
             self._store = None
@@ -81,87 +78,87 @@ class Client:
             self._store = await Store.open(self.settings.store_url, box)
         return self._store
 
+    async def outbound(self) -> Outbound:
+        if self._outbound is None:
+            self._outbound = Outbound(self.settings, await self.store())
+        return self._outbound
+
     async def connection(self, name: str | None = None) -> Connection:
         """The auth side of a configured connection (sign-in, tokens)."""
-        conn = self.settings.connection(name)
-        if conn.name not in self._connections:
-            self._connections[conn.name] = Connection(conn, await self.store())
-        return self._connections[conn.name]
+        return (await self.outbound()).connection(name)
 
     def route(self, sender: str | None, connection: str | None = None) -> ConnectionSettings:
-        """The connection that sends for ``sender`` (explicit name first)."""
-        if connection is not None:
-            conn = self.settings.connection(connection)
-            if sender and sender.lower() not in conn.senders and not conn.force_from:
-                raise ConfigError(f"connection {conn.name!r} does not send as {sender}; its senders: "
-                                  f"{', '.join(conn.senders) or 'none'} (add it to senders)")
-            return conn
-        if sender:
-            owner = self.settings.connection_for_sender(sender)
-            if owner is not None:
-                return owner
-            forcing = [c for c in self.settings.connections if c.force_from]
-            if forcing:
-                return forcing[0]
-            raise ConfigError(f"no connection sends as {sender}; add it to a connection's senders")
-        return self.settings.connection()
+        """The connection that sends as ``sender``, as the relay routes it; ConfigError when none may.
 
-    async def send(self, message: EmailMessage, *, connection: str | None = None,
-                   recipients: list[str] | None = None) -> SendResult:
-        """Send now through Microsoft 365; raise a relay365 error with cause and fix if not."""
-        sender = next(iter(_addresses(message, "From")), None)
-        conn = self.route(sender, connection)
-        if conn.force_from or sender is None:
-            message = self._with_from(message, conn)
-            sender = conn.sender
+        No sender means the default one (``connection``'s, else the default connection's).
+        """
         if sender is None:
-            raise ConfigError(f"connection {conn.name!r} has no sender; set default_sender")
-        rcpts = tuple(dict.fromkeys(
-            _addresses(message, "To", "Cc", "Bcc") + [r.lower() for r in recipients or []]))
-        if not rcpts:
-            raise ConfigError("the message has no recipient (To, Cc, Bcc or recipients=)")
-        raw = message.as_bytes(policy=email.policy.SMTP)
-        envelope = Envelope(sender=sender, recipients=rcpts, raw=raw)
-        message_id = new_message_id()
+            sender = (self.settings.connection(connection).sender if connection is not None
+                      else self.policy.default_sender())
+            if sender is None:
+                return self.settings.connection(connection)
+        route = (self.policy.route(sender, _SUBMITTER) if connection is None
+                 else self.policy.route_to(connection, sender, _SUBMITTER))
+        if isinstance(route, policy.Refusal):
+            raise ConfigError(f"{route.message}: {route.fix}")
+        return route.connection
+
+    def prepare(self, message: EmailMessage | bytes, *, connection: str | None = None,
+                recipients: list[str] | None = None) -> NewMessage:
+        """The outbox message for ``message``, routed and checked as the relay does; ConfigError if refused.
+
+        ``message`` as bytes is sent as it is (line ends made CRLF), as the relay takes it.
+        Recipients are those of To, Cc and Bcc, and ``recipients``; the sender is the From,
+        else the default connection's sender.  ``connection`` picks the connection instead
+        of the senders' routing (it must own the sender, or have force_from).
+        """
+        raw = (mime.normalise_newlines(message) if isinstance(message, bytes)
+               else message.as_bytes(policy=email.policy.SMTP))
+        head = mime.read_head(raw)
+        rcpts = head.addresses("To", "Cc", "Bcc") + list(recipients or [])
+        sender = None
+        if connection is not None and not head.has("From"):
+            sender = self.settings.connection(connection).sender
+        prepared = policy.prepare(self.policy, raw, sender=sender, recipients=rcpts, client=_SUBMITTER,
+                                  source="api", client_label=_SUBMITTER.name, head=head,
+                                  connection=connection)
+        if isinstance(prepared, policy.Refusal):
+            raise ConfigError(f"{prepared.message}: {prepared.fix}")
+        return prepared
+
+    async def enqueue(self, message: EmailMessage | bytes, *, connection: str | None = None,
+                      recipients: list[str] | None = None) -> str:
+        """Queue ``message`` for the relay's delivery engine (paced, retried); its queue id."""
+        prepared = self.prepare(message, connection=connection, recipients=recipients)
+        return await (await self.store()).enqueue(prepared)
+
+    async def send(self, message: EmailMessage | bytes, *, connection: str | None = None,
+                   recipients: list[str] | None = None) -> SendResult:
+        """Send now through Microsoft 365; raise a relay365 error with cause and fix if not.
+
+        The message is in the outbox either way: sent, or failed with its diagnosis (retry
+        it from the log).  Cancelled while sending, it keeps its lease and the relay's
+        delivery engine tries it again when the lease ends.
+        """
+        prepared = self.prepare(message, connection=connection, recipients=recipients)
         store = await self.store()
+        outbound = await self.outbound()
+        worker = f"{socket.gethostname()}:{os.getpid()}:send:{secrets.token_hex(3)}"
+        queued = await store.enqueue_claimed(prepared, worker,
+                                             lease_seconds=self.settings.delivery.lease_seconds)
+        transport = self.settings.connection(queued.connection).transport
+        started = dt.datetime.now(dt.UTC)
         try:
-            outcome = await self._transport(conn).send(envelope)
+            outcome = await outbound.send(Envelope(queued.sender, queued.recipients, prepared.raw),
+                                          connection=queued.connection)
         except Relay365Error as exc:
-            await store.record_send(self._record(message_id, conn, envelope, message, "failed", exc))
+            await asyncio.shield(store.finish_attempt(queued.id, worker, AttemptResult(
+                "failed", transport, code=exc.code, entry_id=exc.entry.id, request_id=exc.request_id,
+                detail=exc.message), started))
             raise
-        await store.record_send(SendRecord(
-            id=message_id, time=dt.datetime.now(dt.UTC), connection=conn.name,
-            transport=outcome.transport, sender=sender, recipients=rcpts,
-            subject=str(message.get("Subject", "")), size=len(raw), status="sent", code=None,
-            entry_id=None, request_id=outcome.request_id, detail=None))
-        return SendResult(id=message_id, connection=conn.name, sender=sender, recipients=rcpts,
-                          transport=outcome.transport, path=outcome.path, request_id=outcome.request_id)
-
-    def _transport(self, conn: ConnectionSettings) -> Transport:
-        if conn.name not in self._transports:
-            tokens = self._connections.get(conn.name)
-            if tokens is None:
-                assert self._store is not None
-                tokens = self._connections[conn.name] = Connection(conn, self._store)
-            self._transports[conn.name] = transport_for(conn, tokens)
-        return self._transports[conn.name]
-
-    @staticmethod
-    def _with_from(message: EmailMessage, conn: ConnectionSettings) -> EmailMessage:
-        """A copy of ``message`` sent as the connection's default sender (force_from)."""
-        copy = deepcopy(message)
-        del copy["From"]
-        del copy["Sender"]
-        copy["From"] = Address(display_name=conn.sender_name or "", addr_spec=conn.sender or "")
-        return copy
-
-    @staticmethod
-    def _record(message_id: str, conn: ConnectionSettings, envelope: Envelope, message: EmailMessage,
-                status: SendStatus, exc: Relay365Error) -> SendRecord:
-        return SendRecord(
-            id=message_id, time=dt.datetime.now(dt.UTC), connection=conn.name,
-            transport=conn.transport, sender=envelope.sender, recipients=envelope.recipients,
-            subject=str(message.get("Subject", "")), size=len(envelope.raw), status=status,
-            code=exc.code, entry_id=exc.entry.id,
-            request_id=exc.request_id if isinstance(exc, DeliveryError) else None,
-            detail=exc.message)
+        await asyncio.shield(store.finish_attempt(queued.id, worker, AttemptResult(
+            "sent", outcome.transport, request_id=outcome.request_id,
+            detail=f"{outcome.path}, {outcome.size} bytes"), started))
+        return SendResult(id=queued.id, connection=queued.connection, sender=outcome.sender or queued.sender,
+                          recipients=queued.recipients, transport=outcome.transport, path=outcome.path,
+                          request_id=outcome.request_id)

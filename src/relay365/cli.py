@@ -240,6 +240,7 @@ def send(
 
     async def main() -> None:
         async with Client(settings(config)) as client:
+            msg: EmailMessage | bytes
             if raw is not None:
                 msg = read_eml(raw)
             else:
@@ -449,29 +450,16 @@ def log(
     limit: Annotated[int, typer.Option(help="how many")] = 50,
     config: ConfigOption = None,
 ) -> None:
-    """What went through the relay, and the direct sends, with the diagnosis of failures."""
+    """Every message, relayed or sent directly, with the diagnosis of failures."""
     from .store import MessageState
 
     since_dt = dt.datetime.fromisoformat(since).replace(tzinfo=dt.UTC) if since else None
     states = {MessageState(status)} if status else None
 
     async def action(store: Any) -> Any:
-        queued = await store.list_messages(states=states, limit=limit, recipient=to, since=since_dt)
-        direct = [r for r in await store.recent_sends(limit)
-                  if (to is None or to.lower() in r.recipients) and (status is None or r.status == status)
-                  and (since_dt is None or r.time >= since_dt)]
-        return queued, direct
+        return await store.list_messages(states=states, limit=limit, recipient=to, since=since_dt)
 
-    queued, direct = run(_with_store(config, action))
-    out.print(_messages_table(queued))
-    if direct:
-        table = Table("id", "time", "connection", "from", "to", "status", "code / diagnosis",
-                      title="Sent directly (relay365 send / test / Python API)")
-        for r in direct:
-            table.add_row(r.id, r.time.strftime("%Y-%m-%d %H:%M:%S"), r.connection, r.sender,
-                          ", ".join(r.recipients), r.status,
-                          " ".join(x for x in (r.code, r.entry_id) if x) or "-")
-        out.print(table)
+    out.print(_messages_table(run(_with_store(config, action))))
 
 
 # ---- clients of the relay: SMTP users and API keys -----------------------------------------------

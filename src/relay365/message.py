@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
 import mimetypes
 from email.message import EmailMessage
 from pathlib import Path
@@ -40,12 +38,9 @@ def build_message(*, sender: str | None, to: list[str], cc: list[str], bcc: list
     return msg
 
 
-def read_eml(path: Path) -> EmailMessage:
-    """A message read from an .eml file, kept as the file has it."""
+def read_eml(path: Path) -> bytes:
+    """The bytes of an .eml file, to be sent as they are (not parsed and written again)."""
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    msg = email.message_from_bytes(data, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg

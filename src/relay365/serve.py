@@ -30,7 +30,8 @@ from .auth import SecretBox
 from .config import Settings, load_settings
 from .delivery import DeliveryEngine
 from .errors import NeedsSignIn, StoreError
-from .ingress import Policy, api_routes, start_smtp_listeners
+from .ingress import api_routes, start_smtp_listeners
+from .policy import Policy
 from .store import Attempt, NewMessage, QueuedMessage, Store
 from .web import Admin, AdminSite, admin_routes
 

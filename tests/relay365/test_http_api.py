@@ -21,7 +21,8 @@ from starlette.routing import Route
 
 from relay365.auth import SecretBox
 from relay365.config import Settings
-from relay365.ingress import Policy, api_routes, hash_password, new_api_key, openapi_document
+from relay365.ingress import api_routes, hash_password, new_api_key, openapi_document
+from relay365.policy import Policy
 from relay365.store import AttemptResult, Store
 
 from .test_ingress import FailingStore, LoopThread, relay_settings

@@ -35,15 +35,10 @@ import relay365.ingress
 from relay365.auth import SecretBox
 from relay365.config import Settings, settings_from_dict
 from relay365.errors import StoreError
-from relay365.ingress import Client, Credentials, Policy, Refusal, Route, hash_password, replies
-from relay365.ingress._headers import (
-    add_fields,
-    has_bare_newline,
-    normalise_newlines,
-    read_header,
-    remove_fields,
-)
+from relay365.ingress import Credentials, hash_password
 from relay365.ingress._smtp import RelayHandler, RelaySMTP
+from relay365.mime import has_bare_newline, normalise_newlines, read_head, with_fields, without_fields
+from relay365.policy import Client, Policy, Refusal, Route, replies
 from relay365.store import NewMessage, Store
 
 T = TypeVar("T")
@@ -869,6 +864,25 @@ def test_policy_routes_and_refuses(tmp_path: Path) -> None:
     assert policy.check_size(35 * 1024 * 1024 + 1) is not None
 
 
+def test_policy_routes_to_a_named_connection_and_holds_it_to_its_recipient_limit(tmp_path: Path) -> None:
+    settings = relay_settings(tmp_path)
+    fabrikam_settings = settings.connections[1].model_copy(update={"recipients_per_message": 3})
+    policy = Policy(settings.model_copy(update={"connections": [settings.connections[0], fabrikam_settings]}))
+    named = policy.route_to("contoso", "Admin@Contoso.com")
+    assert isinstance(named, Route) and named.connection.name == "contoso"
+    refused = policy.route_to("fabrikam", "info@contoso.com")
+    assert isinstance(refused, Refusal) and refused.reason == "sender_not_owned"
+    assert refused.message == "<info@contoso.com>: connection fabrikam does not send as this address"
+    assert "news@fabrikam.com" in refused.fix
+    fabrikam = policy.route("news@fabrikam.com")
+    assert isinstance(fabrikam, Route)
+    assert policy.check_recipients(3, fabrikam) is None
+    assert policy.check_recipients(4, fabrikam) == Refusal(
+        "recipients", "too_many_recipients", replies.TOO_MANY_RECIPIENTS,
+        replies.TOO_MANY_RECIPIENTS_CONNECTION_FIX.format(limit=3, connection="fabrikam"))
+    assert policy.check_recipients(4, named) is None  # contoso keeps Exchange's 500
+
+
 # -- the header reader -------------------------------------------------------------------------
 
 
@@ -876,19 +890,19 @@ def test_header_reader_unfolds_and_finds_addresses() -> None:
     raw = (b"From: \"Doe, Jane\" <Jane@Contoso.com>\r\nTo: a@example.com,\r\n b@example.com\r\n"
            b"Subject: =?utf-8?b?w6ljaGVj?=\r\n\tand more\r\nBcc: hidden@example.com\r\n"
            b"\r\nTo: body@example.com\r\n")
-    header = read_header(raw)
+    header = read_head(raw)
     assert header.addresses("From") == ["Jane@Contoso.com"]
     assert header.addresses("To", "Bcc") == ["a@example.com", "b@example.com", "hidden@example.com"]
     assert header.subject == "échec\tand more"  # unfolding removes the CRLF only (RFC 5322 2.2.3)
     assert raw[header.end:header.end + 2] == b"\r\n"
-    without = remove_fields(raw, header, "bcc")
+    without = without_fields(raw, header, "bcc")
     assert b"hidden@example.com" not in without and without.endswith(b"\r\n\r\nTo: body@example.com\r\n")
-    added = add_fields(without, read_header(without), [("Date", "now")])
+    added = with_fields(without, read_head(without), [("Date", "now")])
     assert added == without.replace(b"\r\n\r\n", b"\r\nDate: now\r\n\r\n", 1)
     # No header at all, and a header without a body.
-    assert add_fields(b"just text\r\n", read_header(b"just text\r\n"), [("From", "a@b.c")]) == (
+    assert with_fields(b"just text\r\n", read_head(b"just text\r\n"), [("From", "a@b.c")]) == (
         b"From: a@b.c\r\n\r\njust text\r\n")
-    assert add_fields(b"Subject: x", read_header(b"Subject: x"), [("From", "a@b.c")]) == (
+    assert with_fields(b"Subject: x", read_head(b"Subject: x"), [("From", "a@b.c")]) == (
         b"Subject: x\r\nFrom: a@b.c\r\n\r\n")
 
 

@@ -30,19 +30,18 @@ from relay365 import transport as transport_module
 from relay365.auth import AccessToken
 from relay365.config import ConnectionSettings
 from relay365.errors import NeedsSignIn, PermanentError, TransientError
+from relay365.mime import read_head, with_from
+from relay365.outbound import prepare
 from relay365.transport import (
     Envelope,
     GraphTransport,
     SendOutcome,
     SmtpXoauth2Transport,
-    Transport,
-    prepare_mime,
     transport_for,
 )
 from relay365.transport._classify import Attempt, parse_retry_after, smtp_failure
 from relay365.transport._draft import graph_draft, split_mime
 from relay365.transport._graph import MAX_REQUEST_BYTES, REQUEST_MARGIN
-from relay365.transport._mime import without_bcc
 from tests.m365sim.conftest import (
     SEED_APP_ONLY,
     SEED_APP_ONLY_SECRET,
@@ -247,9 +246,15 @@ def mock_transport(handler: Handler, tokens: FakeTokens | None = None, mode: str
     return GraphTransport(settings(mode, **changes), tokens, client=client), tokens
 
 
-async def send_and_close(transport: Transport, envelope: Envelope) -> SendOutcome:
+def ready(envelope: Envelope, **changes: Any) -> Envelope:
+    """``envelope`` as relay365.outbound hands it to a Graph transport (Bcc added)."""
+    return prepare(settings(**changes), envelope)
+
+
+async def send_and_close(transport: GraphTransport | SmtpXoauth2Transport, envelope: Envelope) -> SendOutcome:
+    """Send ``envelope`` made ready as relay365.outbound makes it for the transport's connection."""
     try:
-        return await transport.send(envelope)
+        return await transport.send(prepare(transport.settings, envelope))
     finally:
         await transport.aclose()
 
@@ -267,7 +272,7 @@ ENVELOPE = Envelope(ADMIN, ("fran@example.org",), simple_message())
 def test_public_names() -> None:
     assert sorted(transport_module.__all__) == sorted([
         "Envelope", "GraphTransport", "SendOutcome", "SmtpXoauth2Transport", "Transport",
-        "from_address", "prepare_mime", "split_head", "transport_for", "with_from"])
+        "graph_client", "transport_for"])
 
 
 def test_transport_for_follows_the_setting() -> None:
@@ -280,42 +285,45 @@ def test_transport_for_follows_the_setting() -> None:
     run(smtp.aclose())
 
 
-# ==== prepare_mime: the Bcc fix on bytes ====================================================
-def test_prepare_mime_keeps_a_message_whose_headers_name_everyone() -> None:
+# ==== outbound.prepare: the Bcc fix on bytes ================================================
+def test_outbound_bcc_keeps_a_message_whose_headers_name_everyone() -> None:
     raw = simple_message(to="Fran <FRAN@example.org>")
-    assert prepare_mime(Envelope(ADMIN, ("fran@example.org",), raw)) is raw
+    assert ready(Envelope(ADMIN, ("fran@example.org",), raw)).raw is raw
 
 
-def test_prepare_mime_adds_envelope_only_recipients_as_bcc_and_keeps_the_body() -> None:
+def test_outbound_bcc_adds_envelope_only_recipients_as_bcc_and_keeps_the_body() -> None:
     raw = simple_message(attachment=os.urandom(2000))
-    out = prepare_mime(Envelope(ADMIN, ("fran@example.org", "hidden@example.net", "audit@example.net",
-                                        "Hidden@example.net"), raw))
+    out = ready(Envelope(ADMIN, ("fran@example.org", "hidden@example.net", "audit@example.net",
+                                 "Hidden@example.net"), raw)).raw
     head, _, body = out.partition(b"\r\n\r\n")
     assert body == raw.partition(b"\r\n\r\n")[2]
     assert head.endswith(b"\r\nBcc: hidden@example.net,\r\n audit@example.net")
     assert parse(out)["Bcc"].addresses[1].addr_spec == "audit@example.net"
 
 
-def test_prepare_mime_extends_an_existing_bcc_field_with_the_messages_line_ends() -> None:
+def test_outbound_bcc_extends_an_existing_bcc_field_with_the_messages_line_ends() -> None:
     raw = b"From: a@b.example\r\nTo: x@y.example\r\nBcc: q@r.example\r\nSubject: hi\r\n\r\nbody\r\n"
-    out = prepare_mime(Envelope("a@b.example", ("x@y.example", "n@m.example"), raw))
+    out = ready(Envelope("a@b.example", ("x@y.example", "n@m.example"), raw)).raw
     assert out == (b"From: a@b.example\r\nTo: x@y.example\r\nBcc: q@r.example,\r\n n@m.example\r\n"
                    b"Subject: hi\r\n\r\nbody\r\n")
     empty = raw.replace(b"Bcc: q@r.example", b"Bcc:")
-    assert b"\r\nBcc: n@m.example\r\n" in prepare_mime(Envelope("a", ("n@m.example",), empty))
+    assert b"\r\nBcc: n@m.example\r\n" in ready(Envelope("a", ("n@m.example",), empty)).raw
 
 
 def test_without_bcc_drops_bcc_fields_only_from_the_header() -> None:
     raw = (b"From: a@b.example\r\nBcc: q@r.example,\r\n s@t.example\r\nTo: x@y.example\r\n"
            b"Resent-Bcc: z@y.example\r\n\r\nBcc: in the body stays\r\n")
-    assert without_bcc(raw) == b"From: a@b.example\r\nTo: x@y.example\r\n\r\nBcc: in the body stays\r\n"
+    def for_smtp(raw: bytes) -> bytes:
+        return prepare(settings(transport="smtp-xoauth2"), Envelope("a@b.example", ("x@y.example",), raw)).raw
+
+    assert for_smtp(raw) == b"From: a@b.example\r\nTo: x@y.example\r\n\r\nBcc: in the body stays\r\n"
     plain = simple_message()
-    assert without_bcc(plain) is plain
+    assert for_smtp(plain) is plain
 
 
-def test_prepare_mime_refuses_an_address_that_would_break_the_header() -> None:
+def test_outbound_bcc_refuses_an_address_that_would_break_the_header() -> None:
     with pytest.raises(PermanentError) as e:
-        prepare_mime(Envelope(ADMIN, ("x@y.example\r\nX-Evil: 1",), simple_message()))
+        ready(Envelope(ADMIN, ("x@y.example\r\nX-Evil: 1",), simple_message()))
     assert e.value.entry.id == "M365-INVALID-RECIPIENT"
 
 
@@ -330,12 +338,12 @@ def test_delegated_mime_send_posts_base64_to_me_sendmail() -> None:
     transport, tokens = mock_transport(handler)
     envelope = Envelope(ADMIN, ("fran@example.org", "hidden@example.net"), simple_message())
     outcome = run(send_and_close(transport, envelope))
-    assert outcome == SendOutcome("graph", "mime", "abc-123", len(prepare_mime(envelope)))
+    assert outcome == SendOutcome("graph", "mime", "abc-123", len(ready(envelope).raw))
     (request,) = seen
     assert (request.method, str(request.url)) == ("POST", "https://graph.test/v1.0/me/sendMail")
     assert request.headers["content-type"] == "text/plain"
     assert request.headers["authorization"] == "Bearer graph-secret-token-0"
-    assert base64.b64decode(request.content) == prepare_mime(envelope)
+    assert base64.b64decode(request.content) == ready(envelope).raw
     assert tokens.calls == [("graph", False, None)]
 
 
@@ -565,7 +573,7 @@ def test_large_message_goes_as_a_mime_draft_with_an_upload_session(camel_case: b
     assert server.requests[0][1] == "/v1.0/me/messages"
     draft = draft_mime(server.requests[0])
     # The message as prepared (Bcc added), byte for byte, but for the attachment's part.
-    prepared = prepare_mime(envelope)
+    prepared = ready(envelope).raw
     removed = cut_out(prepared, draft)
     assert b'filename="report.pdf"' in removed and b"image/png" not in removed
     assert len(removed) > len(big) * 4 // 3
@@ -783,7 +791,7 @@ def test_large_rich_message_arrives_with_its_structure_and_bytes(m365sim: Simula
     tokens = SimTokens(m365sim, "delegated")
     envelope = Envelope(INFO, ("fran@example.org", "dana@example.org", "audit@example.net"), raw)
     outcome = sim_send(m365sim, envelope, tokens=tokens)
-    assert (outcome.path, outcome.size) == ("draft", len(prepare_mime(envelope)))
+    assert (outcome.path, outcome.size) == ("draft", len(ready(envelope).raw))
     for address in ("fran@example.org", "dana@example.org", "audit@example.net"):
         (delivered,) = m365sim.mailbox(address).messages
         assert delivered.path == "graph-draft"
@@ -954,12 +962,10 @@ def test_smtp_refused_token_is_refreshed_once(m365sim: Simulator) -> None:
 
 
 def test_with_from_replaces_from_and_sender_only() -> None:
-    from relay365.transport import from_address, with_from
-
     raw = (b"From: WordPress <wordpress@shop.example>\r\nSender: x@shop.example\r\nTo: a@example.org\r\n"
            b"Subject: s\r\n\r\nbody\r\nFrom: not a header\r\n")
-    out = with_from(raw, "info@contoso.com", "Contoso")
+    out = with_from(raw, read_head(raw), "info@contoso.com", "Contoso")
     assert out.startswith(b"From: Contoso <info@contoso.com>\r\n")
     assert b"Sender:" not in out.split(b"\r\n\r\n")[0]
     assert out.endswith(b"\r\n\r\nbody\r\nFrom: not a header\r\n")
-    assert from_address(out) == "info@contoso.com"
+    assert read_head(out).from_address == "info@contoso.com"

@@ -195,12 +195,10 @@ class Alerter:
         since = now - (dt.timedelta(days=7) if period == "weekly" else dt.timedelta(days=1))
         messages = await store.list_messages(since=since, limit=100_000)
         states = Counter(m.state for m in messages)
-        direct = [s for s in await store.recent_sends(10_000) if s.time >= since]
-        sent = states[MessageState.SENT] + sum(s.status == "sent" for s in direct)
-        failed = states[MessageState.FAILED] + sum(s.status == "failed" for s in direct)
+        sent = states[MessageState.SENT]
+        failed = states[MessageState.FAILED]
         waiting = states[MessageState.QUEUED] + states[MessageState.DEFERRED] + states[MessageState.SENDING]
-        causes = Counter([m.last_entry_id or "unknown" for m in messages if m.state == MessageState.FAILED]
-                         + [s.entry_id or "unknown" for s in direct if s.status == "failed"])
+        causes = Counter(m.last_entry_id or "unknown" for m in messages if m.state == MessageState.FAILED)
         lines = [f"Since {since.isoformat(timespec='minutes')}: {sent} sent, {failed} failed, "
                  f"{waiting} still waiting."]
         if causes:

@@ -65,7 +65,8 @@ class ConnectionSettings(BaseModel):
                                        examples=["info@contoso.com"])
     sender_name: str | None = Field(None, description="Display name for the default sender.",
                                     examples=["Contoso"])
-    force_from: bool = Field(False, description="Rewrite every From to the default sender.")
+    force_from: bool = Field(False, description="Send a From the connection does not own (or none) as "
+                                                "the default sender; a From it owns is kept.")
     transport: Literal["graph", "smtp-xoauth2"] = Field(
         "graph", description="`graph`: Microsoft Graph sendMail; `smtp-xoauth2`: SMTP with OAuth.")
     large_messages: bool = Field(

@@ -9,7 +9,8 @@
 times); ``Pacer`` keeps each mailbox inside Exchange Online's limits.
 """
 
-from ._engine import POLL_INTERVAL, SIGN_IN_HOLD, DeliveryEngine, TransportFactory
+from ..outbound import TransportFactory
+from ._engine import POLL_INTERVAL, SIGN_IN_HOLD, DeliveryEngine
 from ._holds import NeedsSignInHook
 from ._pacing import Pacer, sending_mailbox
 from ._retry import backoff, decide, is_permanent

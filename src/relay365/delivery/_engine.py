@@ -7,11 +7,12 @@
 
 A dispatcher claims due messages (a lease of ``delivery.lease_seconds``, renewed while a
 send runs long) up to ``delivery.workers`` in flight, and each becomes a task: take a
-pacing slot of its mailbox, read the body, hand it to its connection's transport, write
-the outcome.  The outcome is written by one ``Store.finish_attempt`` call, in a task of
-its own that a cancelled worker does not stop.  Temporary failures are retried when
-``decide`` says, permanent ones go to the dead letter with their diagnosis; a connection
-that needs a sign-in holds its mail (``Store.defer_connection``) without burning attempts.
+pacing slot of its mailbox, read the body, hand it to ``Outbound`` (the delivery agent
+that sends it through its connection), write the outcome. The outcome is written by one
+``Store.finish_attempt`` call, in a task of its own that a cancelled worker does not stop.
+Temporary failures are retried when ``decide`` says, permanent ones go to the dead letter
+with their diagnosis; a connection that needs a sign-in holds its mail
+(``Store.defer_connection``) without burning attempts.
 
 Every log line about a message starts with its queue id, Postfix style (``_log``).
 """
@@ -27,16 +28,16 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from .. import metrics
-from ..auth import Connection, Resource
+from ..auth import Resource
 from ..config import ConnectionSettings, Settings
 from ..errors import NeedsSignIn, Relay365Error, StoreError, TransientError
+from ..outbound import Outbound, TransportFactory
 from ..store import AttemptResult, LeaseLost, MessageState, QueuedMessage, Store
-from ..transport import Envelope, Transport, from_address, transport_for, with_from
+from ..transport import Envelope
 from ._holds import NeedsSignInHook, SignInHolds
 from ._log import about, log_outcome
 from ._pacing import Pacer
@@ -48,9 +49,6 @@ log = logging.getLogger("relay365.delivery")
 SIGN_IN_HOLD = 300.0
 # How often an idle engine looks for messages that came due (deferred, or a dead worker's).
 POLL_INTERVAL = 1.0
-
-TransportFactory = Callable[[ConnectionSettings], Transport]
-
 
 def default_worker_id() -> str:
     """host:pid:random, unique to this engine among every node sharing the store."""
@@ -75,17 +73,19 @@ class _InFlight:
 
 
 class DeliveryEngine:
-    """Delivers the outbox's messages through each connection's transport.
+    """Delivers the outbox's messages through ``Outbound``.
 
-    ``transports`` builds a connection's transport (default: a ``Connection`` for its
-    tokens and ``transport_for``); ``pacer`` paces each mailbox (default: real time);
+    ``outbound`` sends them (default: one of the engine's own, closed by ``stop``);
+    ``transports`` builds a connection's transport for that default one (tests hand in
+    fakes); ``pacer`` paces each mailbox (default: real time);
     ``on_needs_sign_in(connection, error)`` is called once when a connection starts
     needing a sign-in (again after it has sent since); ``sign_in_hold`` is how long its
     mail then waits before relay365 tries its token again.
     """
 
     def __init__(self, settings: Settings, store: Store, *, worker_id: str | None = None,
-                 transports: TransportFactory | None = None, pacer: Pacer | None = None,
+                 outbound: Outbound | None = None, transports: TransportFactory | None = None,
+                 pacer: Pacer | None = None,
                  on_needs_sign_in: NeedsSignInHook | None = None, sign_in_hold: float = SIGN_IN_HOLD,
                  poll_interval: float = POLL_INTERVAL, rng: random.Random | None = None) -> None:
         if sign_in_hold <= 0 or poll_interval <= 0:
@@ -95,12 +95,11 @@ class DeliveryEngine:
         self.worker_id = worker_id or default_worker_id()
         self.pacer = pacer or Pacer()
         self._store = store
-        self._factory = transports
+        self._owns_outbound = outbound is None
+        self._outbound = outbound or Outbound(settings, store, transports=transports)
         self._holds = SignInHolds(store, timedelta(seconds=sign_in_hold), on_needs_sign_in)
         self._poll = poll_interval
         self._rng = rng
-        self._transports: dict[str, Transport] = {}
-        self._tokens: dict[str, Connection] = {}  # only for transports the engine built itself
         self._in_flight: set[_InFlight] = set()
         self._finishing: set[asyncio.Task[None]] = set()
         self._claims = 0
@@ -139,7 +138,7 @@ class DeliveryEngine:
         A message still being sent after that keeps its lease and is tried again when the
         lease ends (by this node or another): whether Microsoft took it cannot be known.
         A message not yet handed to its transport is put back, due at once.  Every outcome
-        known is written before this returns; then transports and connections are closed.
+        known is written before this returns; then the engine's own Outbound is closed.
         """
         self._stopping = True
         self._wake.set()
@@ -154,7 +153,8 @@ class DeliveryEngine:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
-        await self._close_transports()
+        if self._owns_outbound:
+            await self._outbound.aclose()
         log.info("delivery %s stopped", self.worker_id)
 
     async def run_until_idle(self, within: float = 0.0) -> None:
@@ -248,8 +248,8 @@ class DeliveryEngine:
 
     async def _token_back(self, conn: ConnectionSettings) -> bool:
         """At the end of a hold: whether the connection has a token again (without claiming mail)."""
-        tokens = self._tokens.get(conn.name)
-        if tokens is None:  # a transport from a factory: its first message will tell
+        tokens = self._outbound.tokens_in_use(conn.name)
+        if tokens is None:  # not sent with yet, or a transport from a factory: its first message will tell
             return True
         resource: Resource = "smtp" if conn.transport == "smtp-xoauth2" else "graph"
         try:
@@ -332,9 +332,9 @@ class DeliveryEngine:
         try:
             async with self.pacer.slot(conn, message.sender, len(message.recipients)):
                 raw = await self._store.message_body(message.id)
-                transport = self._transport(conn)
                 flight.sending = True
-                outcome = await transport.send(_envelope(conn, message.sender, message.recipients, raw))
+                outcome = await self._outbound.send(Envelope(message.sender, message.recipients, raw),
+                                                    connection=conn.name)
         except Relay365Error as exc:
             return await self._failed(flight, exc)
         except Exception as exc:  # a transport let a foreign error out: retry it, and say so loudly
@@ -389,41 +389,3 @@ class DeliveryEngine:
             return
         log_outcome(message, result, finished.attempts)
         metrics.attempt_finished(message.connection, result.outcome, result.entry_id)
-
-    # ---- transports -------------------------------------------------------------------
-
-    def _transport(self, conn: ConnectionSettings) -> Transport:
-        transport = self._transports.get(conn.name)
-        if transport is None:
-            if self._factory is not None:
-                transport = self._factory(conn)
-            else:
-                tokens = self._tokens[conn.name] = Connection(conn, self._store)
-                transport = transport_for(conn, tokens)
-            self._transports[conn.name] = transport
-        return transport
-
-    async def _close_transports(self) -> None:
-        transports, self._transports = self._transports, {}
-        for name, transport in transports.items():
-            try:
-                await transport.aclose()
-            except Exception:
-                log.exception("connection %s: closing its transport failed", name)
-        tokens, self._tokens = self._tokens, {}
-        for connection in tokens.values():
-            connection.close()
-
-
-def _envelope(conn: ConnectionSettings, sender: str, recipients: tuple[str, ...], raw: bytes) -> Envelope:
-    """What the transport sends; with force_from, a From the connection does not own (an
-    application's default such as wordpress@host) becomes the connection's sender, since
-    Microsoft refuses to send as an address the account has no right to."""
-    if not conn.force_from or conn.sender is None:
-        return Envelope(sender, recipients, raw)
-    header_from = (from_address(raw) or "").lower()
-    if header_from in conn.senders and sender.lower() in conn.senders:
-        return Envelope(sender, recipients, raw)
-    if header_from not in conn.senders:
-        raw = with_from(raw, conn.sender, conn.sender_name)
-    return Envelope(conn.sender, recipients, raw)

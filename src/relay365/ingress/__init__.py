@@ -1,39 +1,31 @@
-"""Ingress: the ways mail comes in (SMTP relay, sendmail command, HTTP API) and the policy they share.
+"""Ingress: the ways mail comes in (SMTP relay, sendmail command, HTTP API).
 
-Each way in turns what arrives into one ``NewMessage`` and hands it to the outbox; it
-answers "accepted" only after the outbox committed it.  None of them talks to Microsoft.
+Each way in asks ``relay365.policy`` who may send what, turns what arrives into one
+``NewMessage`` and hands it to the outbox; it answers "accepted" only after the outbox
+committed it.  None of them talks to Microsoft.
 
     servers = await start_smtp_listeners(settings, store, Policy(settings))
     app = Starlette(routes=[*api_routes(settings, store, Policy(settings)), ...])
     sys.exit(sendmail_main(sys.argv[1:], sys.stdin.buffer, settings))
 """
 
-from . import replies
 from ._credentials import Credentials, hash_password, new_api_key
 from ._http import api_routes
 from ._openapi import openapi_document
 from ._outbox import Outbox
-from ._policy import Client, Policy, Refusal, Route
 from ._sendmail import main as sendmail_command
 from ._sendmail import sendmail_main
 from ._smtp import RelayHandler, RelaySMTP, start_smtp_listeners
-from ._submit import prepare as prepare_submission
 
 __all__ = [
-    "Client",
     "Credentials",
     "Outbox",
-    "Policy",
-    "Refusal",
     "RelayHandler",
     "RelaySMTP",
-    "Route",
     "api_routes",
     "hash_password",
     "new_api_key",
     "openapi_document",
-    "prepare_submission",
-    "replies",
     "sendmail_command",
     "sendmail_main",
     "start_smtp_listeners",

@@ -20,7 +20,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from ..config import RelaySettings
-from ._policy import Client
+from ..policy import Client
 
 log = logging.getLogger("relay365.ingress")
 

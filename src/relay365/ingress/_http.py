@@ -32,9 +32,9 @@ from starlette.routing import BaseRoute, Route
 from ..config import Settings
 from ..diagnose import Entry, find_entry, lookup_entry
 from ..errors import StoreError
-from . import replies
+from ..mime import normalise_newlines, read_head
+from ..policy import Client, Policy, Refusal, prepare, replies
 from ._credentials import Credentials
-from ._headers import normalise_newlines, read_header
 from ._openapi import (
     AttemptOut,
     Diagnosis,
@@ -46,8 +46,6 @@ from ._openapi import (
     openapi_document,
 )
 from ._outbox import Attempt, NewMessage, Outbox, QueuedMessage
-from ._policy import Client, Policy, Refusal
-from ._submit import prepare
 
 log = logging.getLogger("relay365.ingress.http")
 
@@ -174,13 +172,13 @@ class MessagesApi:
 
     def _from_raw(self, request: Request, body: bytes, client: Client, label: str) -> NewMessage | Refusal:
         raw = normalise_newlines(body)
-        header = read_header(raw)
+        head = read_head(raw)
         wanted = request.query_params.getlist("to")
         rcpts = ([addr for _, addr in email.utils.getaddresses(wanted) if addr] if wanted
-                 else header.addresses("To", "Cc", "Bcc"))
+                 else head.addresses("To", "Cc", "Bcc"))
         sender = request.query_params.get("from")
         return prepare(self._policy, raw, sender=_one_address(sender, "from") if sender else None,
-                       recipients=rcpts, client=client, source="http", client_label=label, header=header)
+                       recipients=rcpts, client=client, source="http", client_label=label, head=head)
 
     async def _enqueue(self, message: NewMessage) -> str:
         try:

@@ -24,11 +24,10 @@ from typing import BinaryIO
 
 from ..config import Settings, load_settings
 from ..errors import ConfigError, StoreError
+from ..mime import normalise_newlines, read_head
+from ..policy import Client, Policy, Refusal, prepare
 from ..store import Store
-from ._headers import normalise_newlines, read_header
 from ._outbox import NewMessage
-from ._policy import Client, Policy, Refusal
-from ._submit import prepare
 
 # sysexits.h
 EX_OK = 0
@@ -134,14 +133,14 @@ def sendmail_main(argv: list[str], stdin: BinaryIO, settings: Settings) -> int:
         if not settings.connections:
             raise _Failure(EX_CONFIG, "no connection is configured", "run `relay365 init`")
         raw = read_message(stdin, options.ignore_dots)
-        header = read_header(raw)
+        head = read_head(raw)
         recipients = list(options.recipients)
         if options.extract:
-            recipients += header.addresses("To", "Cc", "Bcc")
+            recipients += head.addresses("To", "Cc", "Bcc")
         user = _local_user()
         decision = prepare(Policy(settings), raw, sender=options.sender, recipients=recipients,
                            client=Client("local", user), source="sendmail", client_label=user,
-                           display_name=options.full_name, header=header)
+                           display_name=options.full_name, head=head)
         if isinstance(decision, Refusal):
             status = _REASON_EXIT.get(decision.reason, _REFUSAL_EXIT[decision.kind])
             raise _Failure(status, decision.message, decision.fix)

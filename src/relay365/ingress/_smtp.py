@@ -42,11 +42,10 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Se
 from .._limits import FailedLogins
 from ..config import Settings, SmtpListener
 from ..errors import ConfigError, StoreError
-from . import replies
+from ..mime import has_bare_newline, read_head
+from ..policy import Client, Policy, Refusal, Route, replies
 from ._credentials import Credentials
-from ._headers import has_bare_newline, read_header
 from ._outbox import NewMessage, Outbox
-from ._policy import Client, Policy, Refusal, Route
 
 log = logging.getLogger("relay365.ingress.smtp")
 
@@ -378,7 +377,7 @@ class RelayHandler:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: RelayEnvelope, address: str,
                           rcpt_options: list[str]) -> str:
         refusal = (self._policy.check_recipient(address)
-                   or self._policy.check_recipients(len(envelope.rcpt_tos) + 1))
+                   or self._policy.check_recipients(len(envelope.rcpt_tos) + 1, envelope.route))
         if refusal is not None:
             return _reject("RCPT", session, refusal, f"from=<{envelope.mail_from}> to=<{address}>")
         envelope.rcpt_tos.append(address)
@@ -393,15 +392,15 @@ class RelayHandler:
         if has_bare_newline(raw):
             return _reject("DATA", session, Refusal("data", "bare_newline", replies.BARE_NEWLINE,
                                                     replies.BARE_NEWLINE_FIX), f"from=<{envelope.mail_from}>")
-        header = read_header(raw)
-        refusal = self._policy.check_header_from(route, header.addresses("From"), client)
+        head = read_head(raw)
+        refusal = self._policy.check_header_from(route, head.addresses("From"), client)
         if refusal is not None:
             return _reject("DATA", session, refusal, f"from=<{envelope.mail_from}>")
         assert envelope.mail_from is not None  # set with the route by handle_MAIL
         message = NewMessage(
             connection=route.connection.name, sender=envelope.mail_from,
             recipients=tuple(envelope.rcpt_tos), raw=raw, source="smtp",
-            client=_client_label(session, client), subject=header.subject)
+            client=_client_label(session, client), subject=head.subject)
         try:
             queue_id = await self._store.enqueue(message)
         except StoreError as exc:

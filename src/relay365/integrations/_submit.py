@@ -28,8 +28,12 @@ import httpx
 
 from ..config import Settings, load_settings
 from ..errors import Relay365Error, StoreError
-from ..ingress import Client, Policy, Refusal
-from ..ingress._submit import prepare  # the one place local submissions become NewMessages
+from ..policy import (
+    Client,
+    Policy,
+    Refusal,
+    prepare,  # the one place local submissions become NewMessages
+)
 from ..store import Store
 
 T = TypeVar("T")

@@ -71,7 +71,7 @@ class Policy:
         self._settings = settings
         self._networks: tuple[_Network, ...] = tuple(
             ipaddress.ip_network(n, strict=False) for n in settings.relay.allowed_networks)
-        # force_from takes the senders nobody owns; the first such connection, as _client.route does.
+        # force_from takes the senders nobody owns: the first such connection.
         self._forcing = next((c for c in settings.connections if c.force_from), None)
 
     @property
@@ -128,6 +128,24 @@ class Policy:
         return Refusal("sender", "sender_not_owned", replies.SENDER_NOT_OWNED.format(sender=sender),
                        replies.SENDER_NOT_OWNED_FIX.format(sender=sender))
 
+    def route_to(self, name: str, sender: str, client: Client | None = None) -> Route | Refusal:
+        """The connection named ``name`` for envelope sender ``sender``, or why it may not send it.
+
+        For a caller that picks the connection itself (``Client.send(connection=...)``):
+        the connection must own the sender, or take any sender (force_from).
+        """
+        if client is not None and not client.may_send_as(sender):
+            return _not_permitted(sender, client)
+        conn = self._settings.connection(name)
+        if sender.lower() in conn.senders:
+            return Route(conn, forced=conn.force_from)
+        if conn.force_from:
+            return Route(conn, forced=True)
+        return Refusal("sender", "sender_not_owned",
+                       replies.SENDER_NOT_OWNED_BY.format(sender=sender, connection=conn.name),
+                       replies.SENDER_NOT_OWNED_BY_FIX.format(
+                           sender=sender, connection=conn.name, senders=", ".join(conn.senders) or "none"))
+
     def check_header_from(self, route: Route, addresses: list[str],
                           client: Client | None = None) -> Refusal | None:
         """Do the header From addresses belong to the connection the envelope sender chose?
@@ -155,13 +173,19 @@ class Policy:
                            replies.BAD_RECIPIENT_FIX)
         return None
 
-    def check_recipients(self, count: int) -> Refusal | None:
-        """Is ``count`` recipients for one message within ``relay.max_recipients`` (and not none)?"""
+    def check_recipients(self, count: int, route: Route | None = None) -> Refusal | None:
+        """Is ``count`` recipients for one message within ``relay.max_recipients`` and the routed
+        connection's ``recipients_per_message`` (Exchange's limit for its mailboxes), and not none?"""
         if count < 1:
             return Refusal("recipients", "no_recipients", replies.NO_RECIPIENTS, replies.NO_RECIPIENTS_FIX)
         if count > self.max_recipients:
             return Refusal("recipients", "too_many_recipients", replies.TOO_MANY_RECIPIENTS,
                            replies.TOO_MANY_RECIPIENTS_FIX.format(limit=self.max_recipients))
+        if route is not None and count > route.connection.recipients_per_message:
+            conn = route.connection
+            return Refusal("recipients", "too_many_recipients", replies.TOO_MANY_RECIPIENTS,
+                           replies.TOO_MANY_RECIPIENTS_CONNECTION_FIX.format(
+                               limit=conn.recipients_per_message, connection=conn.name))
         return None
 
     def check_size(self, size: int) -> Refusal | None:

@@ -1,8 +1,8 @@
-"""Turning a locally submitted message (sendmail, HTTP API) into a ``NewMessage``, or a refusal.
+"""Turning a locally submitted message (sendmail, HTTP API, Client) into a ``NewMessage``, or a refusal.
 
 Local submissions get what Postfix's cleanup gives mail that did not come by SMTP: a From
 when there is none, a Date and a Message-ID when missing, and no Bcc header (the Bcc
-recipients stay in the envelope; the transport tells Microsoft 365 about them).  Mail that
+recipients stay in the envelope; the delivery agent tells Microsoft 365 about them).  Mail that
 came by SMTP is kept byte for byte and never goes through here.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import email.utils
 
+from ..mime import Head, read_head, with_fields, without_fields
+from ..store import MessageSource, NewMessage
 from . import replies
-from ._headers import Header, add_fields, read_header, remove_fields
-from ._outbox import MessageSource, NewMessage
 from ._policy import Client, Policy, Refusal
 
 
@@ -26,18 +26,21 @@ def dedupe(addresses: list[str]) -> tuple[str, ...]:
 
 def prepare(policy: Policy, raw: bytes, *, sender: str | None, recipients: list[str],
             client: Client | None, source: MessageSource, client_label: str,
-            display_name: str | None = None, header: Header | None = None) -> NewMessage | Refusal:
+            display_name: str | None = None, head: Head | None = None,
+            connection: str | None = None) -> NewMessage | Refusal:
     """The message to enqueue from ``raw`` (CRLF line ends), after every policy check.
 
     ``sender`` None means the header From, else the policy's default sender.
     ``recipients`` are addr-specs; the caller has gathered them (arguments, -t, JSON).
+    ``connection`` names the connection instead of routing by sender (the Python API's).
     """
-    header = header or read_header(raw)
-    header_from = header.addresses("From")
+    head = head or read_head(raw)
+    header_from = head.addresses("From")
     envelope_sender = sender or (header_from[0] if header_from else policy.default_sender(client))
     if not envelope_sender:
         return Refusal("sender", "no_sender", replies.NO_SENDER, replies.NO_SENDER_FIX)
-    route = policy.route(envelope_sender, client)
+    route = (policy.route(envelope_sender, client) if connection is None
+             else policy.route_to(connection, envelope_sender, client))
     if isinstance(route, Refusal):
         return route
     refusal = policy.check_header_from(route, header_from, client)
@@ -48,25 +51,25 @@ def prepare(policy: Policy, raw: bytes, *, sender: str | None, recipients: list[
         refusal = policy.check_recipient(rcpt)
         if refusal is not None:
             return refusal
-    refusal = policy.check_recipients(len(rcpts))
+    refusal = policy.check_recipients(len(rcpts), route)
     if refusal is not None:
         return refusal
 
     added: list[tuple[str, str]] = []
-    if not header.get_all("From"):
+    if not head.has("From"):
         added.append(("From", email.utils.formataddr((display_name or "", envelope_sender), charset="utf-8")))
-    if not header.get_all("Date"):
+    if not head.has("Date"):
         added.append(("Date", email.utils.formatdate(localtime=True)))
-    if not header.get_all("Message-ID"):
+    if not head.has("Message-ID"):
         domain = envelope_sender.rpartition("@")[2] or None
         added.append(("Message-ID", email.utils.make_msgid(domain=domain)))
-    if header.get_all("Bcc"):
-        raw = remove_fields(raw, header, "Bcc")
-        header = read_header(raw)
-    raw = add_fields(raw, header, added)
+    if head.has("Bcc"):
+        raw = without_fields(raw, head, "Bcc")
+        head = read_head(raw)
+    raw = with_fields(raw, head, added)
 
     refusal = policy.check_size(len(raw))
     if refusal is not None:
         return refusal
     return NewMessage(connection=route.connection.name, sender=envelope_sender, recipients=rcpts,
-                      raw=raw, source=source, client=client_label, subject=header.subject)
+                      raw=raw, source=source, client=client_label, subject=head.subject)

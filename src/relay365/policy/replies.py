@@ -20,6 +20,9 @@ INTERNAL_ERROR = "451 4.3.0 Internal error: the message was not queued, try agai
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 TOO_MANY_RECIPIENTS_FIX = ("send to at most {limit} recipients per message (relay.max_recipients; "
                            "Exchange Online refuses more than 500)")
+TOO_MANY_RECIPIENTS_CONNECTION_FIX = ("send to at most {limit} recipients per message through connection "
+                                      "{connection} (its recipients_per_message, the mailbox's limit in "
+                                      "Exchange Online), or split the message")
 
 # -- who may send ----------------------------------------------------------------------------
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
@@ -36,6 +39,9 @@ CLIENT_NOT_ALLOWED_FIX = ("log in (SMTP AUTH with a user of relay.users, or an A
 SENDER_NOT_OWNED = "550 5.7.1 <{sender}>: sender not owned by any connection (not an open relay)"
 SENDER_NOT_OWNED_FIX = ("send as an address listed in a connection's senders (relay365.toml), add "
                         "{sender} there (its mailbox needs Send As), or set force_from on a connection")
+SENDER_NOT_OWNED_BY = "550 5.7.1 <{sender}>: connection {connection} does not send as this address"
+SENDER_NOT_OWNED_BY_FIX = ("connection {connection} sends as: {senders}; add {sender} to its senders "
+                           "(its mailbox needs Send As), or set force_from on it")
 SENDER_NOT_PERMITTED = "550 5.7.1 <{sender}>: {client} may not send as this address"
 SENDER_NOT_PERMITTED_FIX = ("{client} may send as: {senders}; use one of them, or add {sender} to its "
                             "senders in relay365.toml")

@@ -4,9 +4,10 @@
     outcome = await transport.send(Envelope(sender, recipients, raw))
     await transport.aclose()
 
-Graph (the default) sends the MIME exactly as the application built it, adding a Bcc
-field for envelope recipients the headers do not name; past Graph's 4 MB request limit
-it sends a draft with upload sessions.  Every failure leaves as ``TransientError``
+Transports take a message ready to send (``relay365.outbound`` prepares it: force_from,
+the Bcc field Graph needs, no Bcc over SMTP) and change nothing in it; only ``Outbound``
+calls ``transport_for``.  Graph (the default) sends the MIME as it is; past Graph's 4 MB
+request limit it sends a draft with upload sessions.  Every failure leaves as ``TransientError``
 (retry; ``retry_after`` when Microsoft said) or ``PermanentError``, with its catalogue
 entry, Microsoft's code, the HTTP status and request id; token errors (``AuthError``)
 pass through unchanged.
@@ -16,8 +17,7 @@ from __future__ import annotations
 
 from ..auth import TokenSource
 from ..config import ConnectionSettings
-from ._graph import GraphTransport
-from ._mime import from_address, prepare_mime, split_head, with_from
+from ._graph import GraphTransport, graph_client
 from ._smtp import SmtpXoauth2Transport
 from ._types import Envelope, SendOutcome, Transport
 
@@ -27,11 +27,8 @@ __all__ = [
     "SendOutcome",
     "SmtpXoauth2Transport",
     "Transport",
-    "from_address",
-    "prepare_mime",
-    "split_head",
+    "graph_client",
     "transport_for",
-    "with_from",
 ]
 
 

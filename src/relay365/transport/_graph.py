@@ -6,11 +6,13 @@ over the limit without them (a huge body, a signed or encrypted whole) goes as a
 draft instead (``_draft.graph_draft``).
 
 Delegated connections send as the signed-in user at ``/me`` (Graph reads From from the
-MIME, so a shared mailbox with Send As works the same way); app-only connections send
-at ``/users/{sender}``, the sender being the message's From address (or the envelope
-sender when there is none).  Tokens come from the connection's TokenSource through
-``GraphAuth``; every httpx failure and every error answer becomes a relay365 error in
-``_request``, the one place this module talks to the network.
+MIME, so a shared mailbox with Send As works the same way); app-only connections send at
+``/users/{sender}``, the sender being the message's From address (or the envelope sender
+when there is none). The message comes ready from ``relay365.outbound``: Graph takes its
+recipients from To, Cc and Bcc, so envelope-only recipients are already in a Bcc. Tokens
+come from the connection's TokenSource through ``GraphAuth``; every httpx failure and
+every error answer becomes a relay365 error in ``_request``, the one place this module
+talks to the network.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from ..config import ConnectionSettings
 from ..errors import PermanentError, TransientError
 from ._classify import Attempt, graph_failure, unreachable
 from ._draft import FilePart, graph_draft, split_mime
-from ._mime import from_address, prepare_mime
 from ._types import Envelope, SendOutcome
 
 log = logging.getLogger("relay365.transport")
@@ -112,7 +113,7 @@ class GraphTransport:
 
     def __init__(self, settings: ConnectionSettings, tokens: TokenSource, *,
                  client: httpx.AsyncClient | None = None) -> None:
-        self._settings = settings
+        self.settings = settings
         self._tokens = tokens
         self._auth = GraphAuth(tokens)
         self._owns_client = client is None
@@ -126,19 +127,19 @@ class GraphTransport:
 
     async def send(self, envelope: Envelope) -> SendOutcome:
         """Send ``envelope``; TransientError / PermanentError when Graph does not take it."""
-        raw = prepare_mime(envelope)
-        sender = from_address(raw) or envelope.sender
-        mailbox = "/me" if self._settings.mode == "delegated" else f"/users/{quote(sender, safe='@')}"
+        raw = envelope.raw  # ready for Graph: relay365.outbound added the Bcc it needs
+        sender = envelope.mailbox
+        mailbox = "/me" if self.settings.mode == "delegated" else f"/users/{quote(sender, safe='@')}"
         attempt = Attempt(_SERVICE, sender=sender, size=len(raw))
         body = base64.b64encode(raw)
         if len(body) <= self.max_request_bytes - REQUEST_MARGIN:
             response = await self._request("POST", f"{mailbox}/sendMail", attempt.at("sendMail"),
                                            content=body, headers={"Content-Type": "text/plain"})
             return SendOutcome("graph", "mime", response.headers.get("request-id"), len(raw))
-        if not self._settings.large_messages:
+        if not self.settings.large_messages:
             raise PermanentError(
                 f"the {len(raw)}-byte message from {sender} is over Graph's 4 MB request limit "
-                f"as MIME, and large_messages is off for connection {self._settings.name}",
+                f"as MIME, and large_messages is off for connection {self.settings.name}",
                 entry="M365-TOO-LARGE")
         log.debug("message from %s is %d bytes: sending as a draft", sender, len(raw))
         return await self._send_draft(raw, mailbox, sender, attempt)
@@ -194,7 +195,7 @@ class GraphTransport:
         """Whether ``address`` is the mailbox Graph sends from anyway (no ``from`` needed)."""
         if address is None:
             return True
-        if self._settings.mode == "app-only":
+        if self.settings.mode == "app-only":
             return address.lower() == sender.lower()
         account = (await self._tokens.acquire_token("graph")).account
         return account is not None and address.lower() == account.lower()

@@ -2,8 +2,8 @@
 
 One connection per message: connect, STARTTLS, ``AUTH XOAUTH2`` with a token for
 Exchange Online, MAIL FROM the envelope sender, RCPT each recipient, DATA the bytes as
-built minus any Bcc field, as SMTP clients submit (line endings normalised, dots
-stuffed).  ``user=`` is the account that
+built (``relay365.outbound`` has removed any Bcc field, as SMTP clients submit; line
+endings normalised, dots stuffed).  ``user=`` is the account that
 signed in (delegated; MAIL FROM may then be a shared mailbox it has Send As on), or the
 sending mailbox (app-only).  A ``535 5.7.3`` (token refused) is answered once with a
 forced refresh on a new connection.  Every aiosmtplib failure becomes a relay365 error
@@ -23,7 +23,6 @@ from ..auth import AccessToken, TokenSource
 from ..config import ConnectionSettings
 from ..errors import PermanentError
 from ._classify import Attempt, smtp_failure, unreachable
-from ._mime import from_address, without_bcc
 from ._types import Envelope, SendOutcome
 
 _SERVICE = "Exchange Online SMTP"
@@ -41,7 +40,7 @@ class SmtpXoauth2Transport:
 
     def __init__(self, settings: ConnectionSettings, tokens: TokenSource, *,
                  timeout: float = TIMEOUT) -> None:
-        self._settings = settings
+        self.settings = settings
         self._tokens = tokens
         self._timeout = timeout
         self._tls = ssl.create_default_context(
@@ -52,7 +51,7 @@ class SmtpXoauth2Transport:
 
     async def send(self, envelope: Envelope) -> SendOutcome:
         """Send ``envelope``; TransientError / PermanentError when Exchange does not take it."""
-        data = without_bcc(envelope.raw)
+        data = envelope.raw
         attempt = Attempt(_SERVICE, sender=envelope.sender, size=len(data), step="SMTP submission")
         try:
             queued = await self._submit(envelope, data)
@@ -66,12 +65,12 @@ class SmtpXoauth2Transport:
 
     def _user(self, envelope: Envelope, token: AccessToken) -> str:
         """The XOAUTH2 ``user=``: the signed-in account, or the mailbox sent from (app-only)."""
-        if self._settings.mode == "delegated":
-            return token.account or self._settings.account or envelope.sender
-        return from_address(envelope.raw) or envelope.sender
+        if self.settings.mode == "delegated":
+            return token.account or self.settings.account or envelope.sender
+        return envelope.mailbox
 
     async def _connect(self) -> aiosmtplib.SMTP:
-        smtp = aiosmtplib.SMTP(hostname=self._settings.smtp_host, port=self._settings.smtp_port,
+        smtp = aiosmtplib.SMTP(hostname=self.settings.smtp_host, port=self.settings.smtp_port,
                                start_tls=True, tls_context=self._tls, timeout=self._timeout)
         try:
             await smtp.connect()

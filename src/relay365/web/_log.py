@@ -22,8 +22,8 @@ from starlette.responses import RedirectResponse, Response
 
 from ..diagnose import Entry, find_entry, lookup_entry
 from ..errors import StoreError
+from ..mime import split_head
 from ..store import MessageState, NewMessage
-from ..transport import split_head
 from ._security import action, page
 from ._site import Admin
 

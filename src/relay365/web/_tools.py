@@ -1,7 +1,7 @@
 """Test email and doctor: send a real message through the outbox and watch it, run the doctor.
 
 The test email goes the way an application's mail goes: the same policy as every way in
-(``ingress.prepare_submission``), the outbox, the delivery engine.  So it shows in the log and
+(``policy.prepare``), the outbox, the delivery engine.  So it shows in the log and
 can be retried from there, and its result is what an application's message would get.
 """
 
@@ -21,7 +21,8 @@ from starlette.responses import Response
 
 from ..diagnose import Entry, find_entry, lookup_entry
 from ..errors import Relay365Error, StoreError
-from ..ingress import Client, Policy, Refusal, prepare_submission
+from ..policy import Client, Policy, Refusal
+from ..policy import prepare as prepare_submission
 from ..store import Attempt, MessageState, QueuedMessage
 from ._security import action, page
 from ._site import Admin
