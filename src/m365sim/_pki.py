@@ -39,10 +39,6 @@ class Pki:
         ctx.load_cert_chain(str(self.server_cert), str(self.server_key))
         return ctx
 
-    def client_ssl_context(self) -> ssl.SSLContext:
-        """A client context trusting only this emulator's CA (for tests and tools)."""
-        return ssl.create_default_context(cafile=str(self.ca_cert))
-
 
 def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -150,10 +150,6 @@ class Pacer:
         box.cool_until = max(box.cool_until, self._clock() + seconds * self._scale)
         box.signal()  # waiters look again and see the longer wait
 
-    def cooling_until(self, conn: ConnectionSettings, sender: str) -> float:
-        """The clock time the mailbox's cool-down ends (in the past when it is not cooling)."""
-        return self._mailbox(conn, sender).cool_until
-
     @contextlib.asynccontextmanager
     async def slot(self, conn: ConnectionSettings, sender: str, recipients: int) -> AsyncIterator[None]:
         """Wait until the sender's mailbox may start a message to ``recipients`` addresses; hold it."""
