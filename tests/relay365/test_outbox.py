@@ -207,7 +207,8 @@ def test_a_direct_send_is_queued_already_leased_and_comes_back_if_its_sender_die
             (None, QUEUED), (QUEUED, SENDING), (SENDING, SENDING), (SENDING, SENT)]
 
         sent = await store.enqueue_claimed(new_message(2), "python:2", lease_seconds=60, now=now)
-        assert (await store.finish_attempt(sent.id, "python:2", SENT_OK, now, now=after(now, 1))).state == SENT
+        done = await store.finish_attempt(sent.id, "python:2", SENT_OK, now, now=after(now, 1))
+        assert done.state == SENT
         with pytest.raises(ValueError, match="lease_seconds"):
             await store.enqueue_claimed(new_message(), "python:3", lease_seconds=0)
         await store.close()

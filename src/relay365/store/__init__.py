@@ -20,7 +20,7 @@ than ``public``: ``postgresql://USER@HOST/DB?options=-csearch_path%3Dmyschema``.
 
 from ._errors import LeaseLost
 from ._groupcommit import GroupCommitStats
-from ._messages import AttemptResult, NewMessage, new_queue_id
+from ._inputs import AttemptResult, NewMessage, new_queue_id
 from ._rows import (
     ATTEMPT_OUTCOMES,
     MESSAGE_SOURCES,

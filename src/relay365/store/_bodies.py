@@ -22,8 +22,8 @@ from typing import Any, cast
 import psycopg
 from sqlalchemy import Connection, func, insert, literal_column, select
 
-from ._queries import insert_many
 from ._schema import message_bodies
+from ._state_queries import insert_many
 
 # Bodies this large or larger are streamed; smaller ones are batched in one executemany.
 STREAM_FROM = 1 << 20

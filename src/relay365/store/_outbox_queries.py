@@ -32,12 +32,12 @@ from sqlalchemy import (
 
 from ._bodies import write_bodies
 from ._errors import LeaseLost
-from ._messages import AttemptResult, NewMessage
-from ._queries import insert_many
+from ._inputs import AttemptResult, NewMessage
 from ._rows import Attempt, Event, MessageState, OutcomeCount
 from ._rows import QueuedMessage as Message
 from ._schema import attempts as attempts_table
 from ._schema import message_bodies, message_events, messages
+from ._state_queries import insert_many
 
 T = TypeVar("T")
 

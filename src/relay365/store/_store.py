@@ -16,11 +16,11 @@ from sqlalchemy.engine import URL
 from ..errors import StoreError
 from . import _bodies as bodies
 from . import _outbox_queries as outbox
-from . import _queries as queries
+from . import _state_queries as state_queries
 from ._engine import WRITE_OPTION, Place, build_engine, database_url, make_directory, place, sqlite_path
 from ._errors import connecting, running
 from ._groupcommit import GroupCommit, GroupCommitStats
-from ._messages import AttemptResult, NewMessage, new_queue_id
+from ._inputs import AttemptResult, NewMessage, new_queue_id
 from ._migrations import migrate, schema_version
 from ._outbox_queries import Incoming
 from ._rows import (
@@ -154,7 +154,7 @@ class Store:
     async def load_token_cache(self, connection: str) -> str | None:
         """The connection's serialized MSAL token cache; None when nobody has signed in."""
         ciphertext = await self._run(f"loading the token cache of {connection!r}", False,
-                                     queries.load_token_cache, connection)
+                                     state_queries.load_token_cache, connection)
         if ciphertext is None:
             return None
         try:
@@ -166,19 +166,19 @@ class Store:
         """Keep the connection's serialized MSAL token cache (encrypted: it holds refresh tokens)."""
         ciphertext = self._cipher.encrypt(serialized)
         await self._run(f"saving the token cache of {connection!r}", True,
-                        queries.save_token_cache, connection, ciphertext, datetime.now(UTC))
+                        state_queries.save_token_cache, connection, ciphertext, datetime.now(UTC))
 
     async def delete_token_cache(self, connection: str) -> None:
         """Forget the connection's tokens (sign-out); nothing happens when there are none."""
         await self._run(f"deleting the token cache of {connection!r}", True,
-                        queries.delete_token_cache, connection)
+                        state_queries.delete_token_cache, connection)
 
     # -- connection sign-in state ------------------------------------------------------------
 
     async def connection_state(self, connection: str) -> ConnectionState:
         """What is known of the connection's sign-in; a never-signed-in state when nothing is."""
         state = await self._run(f"reading the state of connection {connection!r}", False,
-                                queries.connection_state, connection)
+                                state_queries.connection_state, connection)
         return state or ConnectionState(connection)
 
     async def update_connection_state(self, connection: str, **changes: Any) -> ConnectionState:
@@ -198,11 +198,12 @@ class Store:
 
     async def get_setting(self, key: str) -> str | None:
         """The value stored under ``key``, or None."""
-        return await self._run(f"reading setting {key!r}", False, queries.get_setting, key)
+        return await self._run(f"reading setting {key!r}", False, state_queries.get_setting, key)
 
     async def set_setting(self, key: str, value: str) -> None:
         """Store ``value`` under ``key``, replacing any previous value."""
-        await self._run(f"writing setting {key!r}", True, queries.set_setting, key, value, datetime.now(UTC))
+        await self._run(f"writing setting {key!r}", True, state_queries.set_setting, key, value,
+                        datetime.now(UTC))
 
     # -- the outbox ------------------------------------------------------------------------------
 
@@ -430,7 +431,7 @@ def _now(now: datetime | None, name: str) -> datetime:
 
 def _update_and_read(conn: Connection, connection: str, changes: dict[str, Any],
                      now: datetime) -> ConnectionState:
-    queries.upsert_connection_state(conn, connection, changes, now)
-    state = queries.connection_state(conn, connection)
+    state_queries.upsert_connection_state(conn, connection, changes, now)
+    state = state_queries.connection_state(conn, connection)
     assert state is not None  # just written, in this transaction
     return state

@@ -1,4 +1,5 @@
-"""The store's queries, one named function each, run on a connection inside a transaction.
+"""The queries of the state kept beside the outbox (token caches, connection states, settings), one named
+function each, run on a connection inside a transaction; and ``insert_many``, which the outbox uses too.
 
 Sync SQLAlchemy Core; ``Store`` runs them in its worker thread and translates errors.
 """
