@@ -14,7 +14,6 @@ import datetime as dt
 import ipaddress
 import itertools
 import logging
-import random
 import smtplib
 import socket
 import ssl
@@ -36,7 +35,6 @@ from relay365.auth import SecretBox
 from relay365.config import Settings, settings_from_dict
 from relay365.errors import StoreError
 from relay365.ingress import Credentials, hash_password
-from relay365.ingress._smtp import RelayHandler, RelaySMTP
 from relay365.mime import has_bare_newline, normalise_newlines, read_head, with_fields, without_fields
 from relay365.policy import Client, Policy, Refusal, Route, replies
 from relay365.store import NewMessage, Store
@@ -764,67 +762,6 @@ def test_smuggling_anywhere_in_data_is_refused(relay: RelayThread, data: bytes) 
     finally:
         session.close()
     assert queued_count(relay) == 0
-
-
-def reference_data(stream: bytes) -> tuple[bytes, bytes] | None:
-    """aiosmtpd 1.4.6's reading of DATA, a line at a time: (message, what follows) or None."""
-    lines, start = [], 0
-    while (end := stream.find(b"\r\n", start)) != -1:
-        line, start = stream[start:end + 2], end + 2
-        if line == b".\r\n":
-            return b"".join(lines), stream[start:]
-        lines.append(line[1:] if line.startswith(b".") else line)
-    return None
-
-
-def test_reading_data_in_chunks_gives_what_aiosmtpd_gives() -> None:
-    """Random streams of CR, LF, dots and letters, fed in random pieces to a reader whose limit is
-    tiny (so that it is overrun often): the same message, the same rest, the same size verdict."""
-    rng = random.Random(1)
-
-    async def read(stream: bytes, pieces: list[int], limit: int | None) -> tuple[bytes | None, bytes]:
-        server = RelaySMTP(object(), hostname="test", data_size_limit=limit, loop=asyncio.get_running_loop())
-        reader = asyncio.StreamReader(limit=8)
-        server._reader = reader
-        task = asyncio.ensure_future(server._read_data())
-        start = 0
-        for size in [*pieces, len(stream)]:
-            reader.feed_data(stream[start:start + size])
-            start += size
-            await asyncio.sleep(0)
-        reader.feed_eof()
-        return await task, await reader.read()
-
-    async def check() -> None:
-        for _ in range(2000):
-            stream = bytes(rng.choice(b"\r\n.a") for _ in range(rng.randrange(0, 40))) + b"\r\n.\r\nQUIT\r\n"
-            pieces = [rng.randrange(1, 6) for _ in range(rng.randrange(0, 12))]
-            expected = reference_data(stream)
-            assert expected is not None
-            assert await read(stream, pieces, None) == expected, (stream, pieces)
-            size_limit = rng.randrange(1, 40)
-            data, rest = await read(stream, pieces, size_limit)
-            assert rest == expected[1]
-            # The limit counts the bytes as sent, dot-stuffing included, as aiosmtpd does.
-            sent = len(stream) - len(expected[1]) - 3
-            assert data == (expected[0] if sent <= size_limit else None), (stream, size_limit)
-
-    asyncio.run(check())
-
-
-def test_the_command_and_auth_tables_are_aiosmtpd_s_own() -> None:
-    """RelaySMTP lists only the smtp_* and auth_* names to dir(): the tables are still all of them."""
-    async def tables() -> None:
-        handler = RelayHandler.__new__(RelayHandler)
-        server = RelaySMTP(handler, hostname="test", loop=asyncio.get_running_loop())
-        every = object.__dir__(server)
-        assert set(server._smtp_methods) == {n[5:] for n in every if n.startswith("smtp_")}
-        assert server._smtp_methods["DATA"].__func__ is RelaySMTP.smtp_DATA
-        assert sorted(server._auth_methods) == ["LOGIN", "PLAIN"]
-        assert not any(m.is_builtin for m in server._auth_methods.values())  # the handler's own
-        assert set(server._handle_hooks) >= {"EHLO", "MAIL", "RCPT", "DATA", "AUTH", "exception"}
-
-    asyncio.run(tables())
 
 
 # -- the policy, without sockets ----------------------------------------------------------------

@@ -9,13 +9,14 @@ committed it.  None of them talks to Microsoft.
     sys.exit(sendmail_main(sys.argv[1:], sys.stdin.buffer, settings))
 """
 
+from ._aiosmtpd import RelaySMTP
 from ._credentials import Credentials, hash_password, new_api_key
 from ._http import api_routes
 from ._openapi import openapi_document
 from ._outbox import Outbox
 from ._sendmail import main as sendmail_command
 from ._sendmail import sendmail_main
-from ._smtp import RelayHandler, RelaySMTP, start_smtp_listeners
+from ._smtp import RelayHandler, start_smtp_listeners
 
 __all__ = [
     "Credentials",

@@ -12,6 +12,9 @@ loopback clients when ``relay.auth_without_tls_on_loopback`` says so, and only w
 ``relay.users`` is not empty; passwords are checked against their argon2id hashes in a
 worker thread and never logged (aiosmtpd masks the AUTH line itself).
 
+What aiosmtpd's hooks cannot do (reading DATA in chunks, its SIZE reply) is ``RelaySMTP``'s,
+in ``_aiosmtpd.py``: the one module that goes beyond aiosmtpd's public API, for one version.
+
 SMTP smuggling.  ``RelaySMTP.smtp_DATA`` (aiosmtpd's, reading in large chunks) ends the data
 only at ``<CR><LF>.<CR><LF>`` (a line that is exactly ``.\\r\\n``, as aiosmtpd 1.4.6), so
 ``<LF>.<LF>``, ``<LF>.<CR><LF>`` and ``<CR>.<CR>`` never end the data here; they arrive
@@ -20,8 +23,8 @@ further on (Exchange, or any SMTP hop) might read them as the end of the message
 rest as a second, forged one, so like Postfix's ``smtpd_forbid_bare_newline`` the relay
 refuses any message holding a CR or LF outside a CRLF pair: ``handle_DATA`` counts them
 in ``original_content`` (three ``bytes.count`` calls, no copy).  Nothing is queued, and
-since aiosmtpd consumed the whole data up to the real ``<CR><LF>.<CR><LF>``, the session
-stays in step.
+since the whole data was read up to the real ``<CR><LF>.<CR><LF>``, the session stays in
+step.
 """
 
 from __future__ import annotations
@@ -29,217 +32,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
 import ipaddress
 import logging
-import re
 import socket
 import ssl
-from typing import Any, AnyStr
+from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from .._limits import FailedLogins
 from ..config import Settings, SmtpListener
 from ..errors import ConfigError, StoreError
 from ..mime import has_bare_newline, read_head
-from ..policy import Client, Policy, Refusal, Route, replies
+from ..policy import Client, Policy, Refusal, replies
+from ._aiosmtpd import RelayEnvelope, RelaySMTP, quiet_login_data_warning
 from ._credentials import Credentials
 from ._outbox import NewMessage, Outbox
 
 log = logging.getLogger("relay365.ingress.smtp")
-
-# aiosmtpd enforces the size limit itself, with replies that carry no enhanced status code.
-_AIOSMTPD_REPLIES = {
-    "552 Error: message size exceeds fixed maximum message size": replies.MESSAGE_TOO_BIG,
-    "552 Error: Too much mail data": replies.MESSAGE_TOO_BIG,
-}
-
-
-class RelayEnvelope(Envelope):
-    """aiosmtpd's envelope plus the route policy chose at MAIL FROM."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.route: Route | None = None
-
-
-_DIR_NAMES: dict[type[SMTP], list[str]] = {}
-
-
-class RelaySMTP(SMTP):
-    """aiosmtpd's SMTP protocol with relay365's envelope and reply texts, and DATA read in chunks."""
-
-    # RFC 5321 limits a line to 1000 octets, but PHP and WordPress send longer lines of HTML,
-    # and Postfix takes them.  The limit of aiosmtpd's StreamReader: DATA (smtp_DATA) reads in
-    # chunks of up to this much and limits no line, only the size of the message.
-    line_length_limit = 1 << 20
-
-    def _create_envelope(self) -> RelayEnvelope:
-        return RelayEnvelope()
-
-    def __dir__(self) -> list[str]:
-        """Only the ``smtp_*`` and ``auth_*`` names, worked out once per class.
-
-        aiosmtpd's ``__init__`` builds its command and AUTH tables on every connection with
-        ``dir(self)`` and ``inspect.getmembers(self)`` (a getattr on each of ~150 names), and
-        keeps only those names: its only uses of ``dir`` on the protocol.  Listing just them
-        gives the same tables for half the cost of a connection's setup.
-        """
-        cls = type(self)
-        names = _DIR_NAMES.get(cls)
-        if names is None:
-            names = _DIR_NAMES[cls] = sorted(n for n in super().__dir__() if n.startswith(("smtp_", "auth_")))
-        return list(names)
-
-    async def push(self, status: AnyStr) -> None:
-        if isinstance(status, str) and status in _AIOSMTPD_REPLIES:
-            await super().push(_AIOSMTPD_REPLIES[status])
-        else:
-            await super().push(status)
-
-    # -- DATA --------------------------------------------------------------------------------
-
-    @syntax("DATA")
-    async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd's DATA, reading the message in large chunks instead of line by line.
-
-        aiosmtpd 1.4.6 reads one line per ``readuntil(b"\\r\\n")`` into a list of bytearrays
-        and joins them: ~5x the message in memory at the peak, and most of the CPU of a
-        session.  This reads up to the first ``<CR><LF>.<CR><LF>`` (the CRLF that ended the
-        DATA command counts, so ``.<CR><LF>`` right after the 354 is an empty message) into
-        one BytesIO, leaves what follows in the reader for the next (pipelined) command,
-        and removes the dot-stuffing in place.  The message is the same bytes aiosmtpd would
-        give: lines are CRLF-terminated, a line that starts with a dot loses that dot, and a
-        ``<LF>.<LF>`` or any bare CR or LF is data (``handle_DATA`` refuses it).  One thing
-        differs: a line longer than ``line_length_limit`` is not refused with 500 (only the
-        size limit holds, with 552 once the data is read, as aiosmtpd does).
-        """
-        if await self.check_helo_needed():
-            return
-        if await self.check_auth_needed("DATA"):
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        try:
-            original_content = await self._read_data()
-        except asyncio.CancelledError:
-            log.info("Connection lost during DATA")
-            self._writer.close()
-            raise
-        except asyncio.IncompleteReadError:
-            log.info("Connection closed during DATA")
-            self._writer.close()
-            return
-        if original_content is None:
-            # Like aiosmtpd: answered once the data is read (RFC 5321 4.2.5), session usable.
-            await self.push("552 Error: Too much mail data")
-            self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it untyped
-            return
-
-        content: str | bytes
-        if self._decode_data:
-            if self.enable_SMTPUTF8:
-                content = original_content.decode("utf-8", errors="surrogateescape")
-            else:
-                try:
-                    content = original_content.decode("ascii", errors="strict")
-                except UnicodeDecodeError:
-                    await self.push("500 Error: strict ASCII mode")
-                    return
-        else:
-            content = original_content
-        self.envelope.content = content
-        self.envelope.original_content = original_content
-
-        status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else MISSING
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push("250 OK" if status is MISSING else status)
-
-    async def _read_data(self) -> bytes | None:
-        """The message, up to the ``.<CR><LF>`` that ends it, dot-stuffing removed; None when
-        it is larger than ``data_size_limit`` (then read to its end and discarded).
-
-        The chunks go into a BytesIO, whose buffer is a bytes object that grows in place and
-        that ``getvalue`` returns without a copy: the message is in memory once, not twice.
-        """
-        reader = self._reader
-        limit = self.data_size_limit
-        data = io.BytesIO()
-        received = 0
-        too_much = False
-        # The last bytes read, to find an end that spans two reads; the CRLF that ended the
-        # DATA command to begin with.
-        tail = b"\r\n"
-        while True:
-            partial = _end_prefix(tail)
-            if partial:
-                # The end may be the next 5 - partial bytes, and cannot end any sooner:
-                # reading exactly those never takes a byte of the next command.
-                chunk = await reader.readexactly(len(_END) - partial)
-            else:
-                try:
-                    # No end starts in what was read: the first in the stream is the one.
-                    chunk = await reader.readuntil(_END)
-                except asyncio.LimitOverrunError as exc:
-                    # Not in the reader's first ``limit`` bytes: no end starts in the first
-                    # ``consumed`` ones (or the end starts right there); take those.
-                    chunk = await reader.readexactly(exc.consumed)
-            received += len(chunk)
-            window = tail + chunk[-len(_END):]
-            done = window.endswith(_END)
-            tail = window[-(len(_END) - 1):]
-            # Before the end, up to 2 bytes of what was read (".\r") may be the end's.
-            if limit and not too_much and received - (3 if done else 2) > limit:
-                too_much = True
-                data = io.BytesIO()  # let go of it at once; read on to the end
-            if not too_much:
-                data.write(chunk)
-            if done:
-                if too_much:
-                    return None
-                # Without the final ".\r\n": its CRLF ends the message's last line.
-                return _unstuffed(data, data.tell() - 3)
-
-
-_END = b"\r\n.\r\n"
-_STUFFED = re.compile(rb"\r\n\.")
-_END_PREFIXES = tuple((n, _END[:n]) for n in range(len(_END) - 1, 0, -1))
-
-
-def _end_prefix(tail: bytes) -> int:
-    """How many bytes at the end of ``tail`` could begin ``<CR><LF>.<CR><LF>`` (0 to 4)."""
-    for n, prefix in _END_PREFIXES:
-        if tail.endswith(prefix):
-            return n
-    return 0
-
-
-def _unstuffed(data: io.BytesIO, size: int) -> bytes:
-    """The first ``size`` bytes of ``data`` without the first dot of every line that starts
-    with one (RFC 5321 4.5.2): moved within ``data``'s buffer, which is then returned."""
-    with data.getbuffer() as view:
-        read = 1 if size and view[0] == ord(".") else 0
-        found = _STUFFED.search(view, read, size)  # the end's dot (at ``size``) is left out
-        if read or found is not None:
-            write = 0
-            while found is not None:
-                keep = found.start() + 2  # through the CRLF; the dot after it goes
-                view[write:write + keep - read] = view[read:keep]  # a memmove: overlap is fine
-                write += keep - read
-                read = keep + 1
-                found = _STUFFED.search(view, read, size)
-            view[write:write + size - read] = view[read:size]
-            size = write + size - read
-    data.truncate(size)
-    return data.getvalue()
 
 
 def peer_address(session: Session) -> str | None:
@@ -442,17 +252,6 @@ def _reject(stage: str, session: Session, refusal: Refusal, detail: str) -> str:
     return refusal.reply
 
 
-class _QuietDeprecation(logging.Filter):
-    """aiosmtpd 1.4 logs a WARNING on every successful AUTH, about its own use of a deprecated
-    attribute (``Session.login_data``); it says nothing about relay365 or the client."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Session.login_data is deprecated")
-
-
-_quiet_deprecation = _QuietDeprecation()
-
-
 def _tls_context(listener: SmtpListener) -> ssl.SSLContext:
     assert listener.certificate_file is not None and listener.private_key_file is not None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -470,7 +269,7 @@ async def start_smtp_listeners(settings: Settings, store: Outbox, policy: Policy
     ConfigError when a listener cannot start (address in use, unreadable certificate).
     """
     loop = asyncio.get_running_loop()
-    logging.getLogger("mail.log").addFilter(_quiet_deprecation)  # the same filter once, however often
+    quiet_login_data_warning()
     # aiosmtpd would look the name up on every connection; once is enough.
     hostname = await loop.run_in_executor(None, socket.getfqdn)
     credentials = Credentials(settings.relay)
