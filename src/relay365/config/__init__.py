@@ -1,6 +1,7 @@
 """Configuration: one TOML file (``relay365.toml``), every key overridable by ``RELAY365_*``."""
 
 from ._alerts import AlertSettings
+from ._env import connection_env_variable, env_variable
 from ._load import config_path, load_settings, settings_from_dict, update_config_file, write_settings
 from ._model import (
     DEFAULT_AUTHORITY_HOST,
@@ -28,6 +29,8 @@ __all__ = [
     "Settings",
     "SmtpListener",
     "config_path",
+    "connection_env_variable",
+    "env_variable",
     "load_settings",
     "settings_from_dict",
     "update_config_file",

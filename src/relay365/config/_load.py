@@ -1,16 +1,11 @@
-"""Reading relay365.toml, applying RELAY365_* overrides, and reporting what is wrong.
-
-Overrides: ``RELAY365_<KEY>`` for top-level keys (``RELAY365_STORE``) and
-``RELAY365_CONNECTION_<NAME>_<KEY>`` for a connection's key
-(``RELAY365_CONNECTION_CONTOSO_CLIENT_SECRET``); list values are comma-separated.
-"""
+"""Reading relay365.toml, applying RELAY365_* overrides (``_env.py``), and reporting what is wrong."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import tomllib
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,9 +15,8 @@ import tomli_w
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
-from ._model import ConnectionSettings, Settings
-
-ENV_PREFIX = "RELAY365_"
+from ._env import Origins, apply_env
+from ._model import Settings
 
 
 def config_path(explicit: str | Path | None = None) -> Path:
@@ -34,69 +28,52 @@ def config_path(explicit: str | Path | None = None) -> Path:
     return Path(platformdirs.user_config_dir("relay365", appauthor=False)) / "relay365.toml"
 
 
-def _env_key(name: str) -> str:
-    return re.sub(r"[^A-Z0-9]", "_", name.upper())
-
-
-def _list_fields(model: type[BaseModel]) -> set[str]:
-    return {n for n, f in model.model_fields.items() if "list" in str(f.annotation)}
-
-
-def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    """``data`` with every matching RELAY365_* variable applied."""
-    out = dict(data)
-    for field in Settings.model_fields:
-        if field == "connections":
-            continue
-        value = env.get(ENV_PREFIX + field.upper())
-        if value is not None:
-            out[field] = value
-    lists = _list_fields(ConnectionSettings)
-    connections = [dict(c) for c in out.get("connections", [])]
-    for conn in connections:
-        prefix = f"{ENV_PREFIX}CONNECTION_{_env_key(str(conn.get('name', '')))}_"
-        for field in ConnectionSettings.model_fields:
-            value = env.get(prefix + field.upper())
-            if value is not None:
-                conn[field] = [v.strip() for v in value.split(",") if v.strip()] if field in lists else value
-    if connections:
-        out["connections"] = connections
-    return out
-
-
-def _explain(exc: ValidationError, source: str, data: Mapping[str, Any]) -> ConfigError:
+def _explain(exc: ValidationError, source: str, data: Mapping[str, Any], origins: Origins) -> ConfigError:
     lines = []
     for err in exc.errors():
-        loc = list(err["loc"])
+        loc = tuple(err["loc"])
         key = ".".join(str(p) for p in loc)
-        if loc[:1] == ["connections"] and len(loc) > 1 and isinstance(loc[1], int):
+        if loc[:1] == ("connections",) and len(loc) > 1 and isinstance(loc[1], int):
             conns = data.get("connections", [])
             name = conns[loc[1]].get("name", loc[1]) if loc[1] < len(conns) else loc[1]
             key = f"connections[{name}]" + "".join(f".{p}" for p in loc[2:])
         example = _example(loc)
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{source}: {key}: {msg}" + (f" (for example: {example})" if example else ""))
+        # The value came from a variable (it, or a list of tables holding it), or the file's
+        # table was changed by some: say so, naming them.
+        setter = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), None)
+        changed = sorted(v for p, v in origins.items() if p[:len(loc)] == loc)
+        where = f"environment variable {setter}" if setter else source
+        if changed and not setter:
+            msg += f" (with {', '.join(changed)} from the environment)"
+        lines.append(f"{where}: {key}: {msg}" + (f" (for example: {example})" if example else ""))
     return ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
 
 
-def _example(loc: list[Any]) -> str | None:
-    model: type[BaseModel] = ConnectionSettings if loc[:1] == ["connections"] else Settings
-    name = next((p for p in reversed(loc) if isinstance(p, str) and p in model.model_fields), None)
-    if name is None:
-        return None
-    examples = model.model_fields[name].examples
-    if not examples:
-        return None
-    return f"{name} = {json.dumps(examples[0])}"
+def _example(loc: tuple[Any, ...]) -> str | None:
+    """``key = value`` from the examples of the key at ``loc``, when it has some."""
+    model: type[BaseModel] = Settings
+    example = None
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            continue  # a list index, or a place inside a value
+        example = f"{part} = {json.dumps(field.examples[0])}" if field.examples else None
+        inner = field.annotation
+        args = [inner, *typing.get_args(inner)]
+        model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), model)
+    return example
 
 
 def settings_from_dict(data: Mapping[str, Any], *, source: str = "<settings>",
                        env: Mapping[str, str] | None = None) -> Settings:
-    merged = apply_env(dict(data), os.environ if env is None else env)
+    """Validate ``data`` (relay365.toml's tables) with the RELAY365_* variables of ``env``
+    (default: the process's) applied; ConfigError says what is wrong and where."""
+    merged, origins = apply_env(data, os.environ if env is None else env)
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
-        raise _explain(exc, source, merged) from None
+        raise _explain(exc, source, merged, origins) from None
 
 
 def load_settings(path: str | Path | None = None, *, env: Mapping[str, str] | None = None) -> Settings:
