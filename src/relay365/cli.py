@@ -556,7 +556,7 @@ def admin_set_password(
               "web address (default http://127.0.0.1:8025).")
 
 # Commands of other parts register themselves on `app` (kept in their own modules).
-from . import diagnose_cli, integrations_cli  # noqa: E402, F401
+from . import config_cli, diagnose_cli, integrations_cli  # noqa: E402, F401
 
 
 def main() -> None:

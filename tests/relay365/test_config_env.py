@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -278,3 +281,44 @@ def test_variables_never_reach_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert settings.delivery.workers == 3 and settings.alerts.summary == "weekly"
     text = path.read_text()
     assert "workers" not in text and "from-env" not in text and 'summary = "weekly"' in text
+
+
+# -- through the command line ----------------------------------------------------------------------
+
+
+def relay365(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RELAY365_")}
+    return subprocess.run([sys.executable, "-m", "relay365", *args], capture_output=True, text=True,
+                          timeout=120, env={**clean, "COLUMNS": "200", **env})
+
+
+def test_config_show_prints_the_configuration_with_the_variables_applied(tmp_path: Path) -> None:
+    path = tmp_path / "relay365.toml"
+    write_settings(settings_from_dict({**FILE, "store": "postgresql://relay:db-pass@db/relay365"}, env={}),
+                   path)
+    shown = relay365("config", "show", "--json", "--config", str(path), env={
+        "RELAY365_DELIVERY__WORKERS": "3",
+        "RELAY365_RELAY__SMTP__0__HOST": "10.0.0.5",
+        "RELAY365_ALERTS__URLS": '["ntfy://relay365-alerts", "slack://token-a/token-b"]',
+        "RELAY365_ADMIN__SESSION_HOURS": "1.5",
+        "RELAY365_CONNECTION_CONTOSO_CLIENT_SECRET": "env-secret",
+    })
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert data["delivery"]["workers"] == 3
+    assert data["relay"]["smtp"][0]["host"] == "10.0.0.5"
+    assert data["admin"]["session_hours"] == 1.5
+    assert data["alerts"]["urls"] == ["ntfy://**********", "slack://**********"]
+    assert data["connections"][0]["client_secret"] == "**********"
+    assert data["store"] == "postgresql://relay:**********@db/relay365"
+    assert data["relay"]["users"][0]["password_hash"] == "**********"
+    for secret in ("env-secret", "token-a", "db-pass", "$argon2id$h"):
+        assert secret not in shown.stdout
+
+    toml = relay365("config", "show", "--config", str(path), env={"RELAY365_DELIVERY__WORKERS": "3"})
+    assert toml.returncode == 0 and "[delivery]\nworkers = 3\n" in toml.stdout
+
+    bad = relay365("config", "show", "--config", str(path), env={"RELAY365_DELIVERY__WORKERS": "abc"})
+    assert bad.returncode == 1
+    assert "RELAY365_DELIVERY__WORKERS" in bad.stderr and "valid integer" in bad.stderr
+    assert "R365-CONFIG" in bad.stderr
