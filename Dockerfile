@@ -18,7 +18,8 @@ ENV PATH=/opt/relay365/bin:$PATH \
     PYTHONUNBUFFERED=1
 USER relay365
 VOLUME ["/var/lib/relay365"]
-# SMTP relay and web listener (API, /healthz, /readyz, /metrics); bind 0.0.0.0 in relay365.toml.
+# SMTP relay and web listener (API, /healthz, /readyz, /metrics); bind 0.0.0.0 in relay365.toml, or
+# with RELAY365_RELAY__SMTP__0__HOST=0.0.0.0 and RELAY365_RELAY__HTTP_HOST=0.0.0.0.
 EXPOSE 2525 8025
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8025/healthz', timeout=4)"]

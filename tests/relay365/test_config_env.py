@@ -148,6 +148,14 @@ def test_every_key_of_a_connection_has_a_variable_that_sets_it(key: str) -> None
     assert value_at(settings_from_dict(FILE, env=env), ("connections", 0, key)) == expected
 
 
+def test_the_reference_names_the_same_variables() -> None:
+    reference = (Path(__file__).resolve().parents[2] / "docs" / "reference" / "configuration.md").read_text()
+    for path, _ in keys(Settings):
+        shown = tuple("<N>" if p == 0 else p for p in path)
+        assert f"`{env_variable(shown)}`" in reference, path
+    assert "`RELAY365_CONNECTION_<NAME>_CLIENT_SECRET`" in reference
+
+
 # -- precedence ----------------------------------------------------------------------------------
 
 

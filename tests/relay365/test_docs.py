@@ -10,7 +10,17 @@ from pathlib import Path
 import typer
 
 from relay365 import cli
-from relay365.config import ConnectionSettings, DeliverySettings, RelaySettings, Settings, SmtpListener
+from relay365.config import (
+    AdminSettings,
+    AlertSettings,
+    ApiKey,
+    ClientUser,
+    ConnectionSettings,
+    DeliverySettings,
+    RelaySettings,
+    Settings,
+    SmtpListener,
+)
 from relay365.diagnose import catalogue
 from relay365.integrations import docs
 from tests.relay365.test_serve import env
@@ -28,7 +38,8 @@ def test_the_committed_references_are_up_to_date() -> None:
 
 def test_the_references_cover_every_key_command_and_entry() -> None:
     configuration = (DOCS / "reference" / "configuration.md").read_text()
-    for model in (Settings, ConnectionSettings, RelaySettings, SmtpListener, DeliverySettings):
+    for model in (Settings, ConnectionSettings, RelaySettings, SmtpListener, ClientUser, ApiKey,
+                  DeliverySettings, AlertSettings, AdminSettings):
         for name in model.model_fields:
             assert f"| `{name}` |" in configuration, f"{model.__name__}.{name}"
     reference = (DOCS / "reference" / "cli.md").read_text()
