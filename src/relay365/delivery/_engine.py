@@ -39,7 +39,7 @@ from ..outbound import Outbound, TransportFactory
 from ..store import AttemptResult, LeaseLost, MessageState, QueuedMessage, Store
 from ..transport import Envelope
 from ._holds import NeedsSignInHook, SignInHolds
-from ._log import about, log_outcome
+from ._log_lines import about, log_outcome
 from ._pacing import Pacer
 from ._retry import decide
 
