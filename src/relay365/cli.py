@@ -375,7 +375,7 @@ def queue_list(
 @queue_app.command("show")
 def queue_show(message_id: str, config: ConfigOption = None) -> None:
     """One message: its state, every attempt with Microsoft's code, and the diagnosis."""
-    from .diagnose import lookup_entry
+    from .catalogue import lookup_entry
 
     async def action(store: Any) -> Any:
         return await store.get_message(message_id), await store.attempts(message_id)

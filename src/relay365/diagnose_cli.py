@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from .catalogue import Entry, catalogue, match_entry
 from .cli import ConfigOption, app, err, out, run, settings
-from .diagnose import Entry, catalogue, match_entry
 
 if TYPE_CHECKING:  # Apprise loads only for the alerts commands
     from .alerts import AlertSettings

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from relay365.catalogue import catalogue, find_entry
 from relay365.config import load_settings, settings_from_dict, write_settings
-from relay365.diagnose import catalogue, find_entry
 from relay365.errors import ConfigError, NeedsSignIn, TransientError
 from relay365.setup import azure_cli_script, entra_plan
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import typer
 
 from relay365 import cli
+from relay365.catalogue import catalogue
 from relay365.config import ConnectionSettings, DeliverySettings, RelaySettings, Settings, SmtpListener
-from relay365.diagnose import catalogue
 from relay365.integrations import docs
 from tests.relay365.test_serve import env
 

@@ -2,7 +2,7 @@
 
     docs/reference/configuration.md   from the settings model (fields, types, defaults, examples)
     docs/reference/cli.md             from the Typer app (commands, arguments, options, help)
-    docs/troubleshooting.md           from the failure catalogue (diagnose/catalogue.toml)
+    docs/troubleshooting.md           from the failure catalogue (catalogue/catalogue.toml)
 
 ``python -m relay365.integrations.docs [--check] [DOCS_DIR]`` (or ``relay365 docs generate``)
 writes them; ``--check`` only says which are out of date (exit 1), as the test suite does.
@@ -209,10 +209,10 @@ _KINDS = {"config": "Configuration", "auth": "Sign-in and tokens", "permanent": 
 
 def troubleshooting() -> str:
     """docs/troubleshooting.md."""
-    from ..diagnose import catalogue
+    from ..catalogue import catalogue
 
     entries = list(catalogue().values())
-    lines = [HEADER.format(source="relay365/diagnose/catalogue.toml"), "# Troubleshooting", "",
+    lines = [HEADER.format(source="relay365/catalogue/catalogue.toml"), "# Troubleshooting", "",
              "Every failure relay365 reports names one of these entries: `relay365 log`, `relay365 queue "
              "show ID`, the HTTP API's diagnosis and the log lines all carry its id. Paste any error "
              "text (an AADSTS code, a Graph error, an SMTP reply) into `relay365 explain` to find its "

@@ -20,7 +20,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from ..diagnose import Entry, find_entry, lookup_entry
+from ..catalogue import Entry, find_entry, lookup_entry
 from ..errors import StoreError
 from ..store import MessageState, NewMessage
 from ..transport import split_head

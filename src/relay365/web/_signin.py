@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from ..auth import Connection, SignInFlow, SignInResult
-from ..diagnose import Entry
+from ..catalogue import Entry
 from ..errors import Relay365Error
 from ..setup import needed_permissions
 from ._security import action, page

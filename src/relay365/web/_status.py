@@ -10,8 +10,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..catalogue import Entry, lookup_entry
 from ..config import ConnectionSettings
-from ..diagnose import Entry, local_expiries, lookup_entry
+from ..diagnose import local_expiries
 from ..errors import StoreError
 from ..store import ConnectionState, MessageState, OutcomeCount
 from ._log import failure_entry

@@ -19,7 +19,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..diagnose import Entry, find_entry, lookup_entry
+from ..catalogue import Entry, find_entry, lookup_entry
 from ..errors import Relay365Error, StoreError
 from ..ingress import Client, Policy, Refusal, prepare_submission
 from ..store import Attempt, MessageState, QueuedMessage
