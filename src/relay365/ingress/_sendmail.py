@@ -30,6 +30,9 @@ from ._outbox import NewMessage
 from ._policy import Client, Policy, Refusal
 from ._submit import prepare
 
+# The docstring above is the command's manual; docs/reference/cli.md is generated from it.
+MANUAL = __doc__ or ""
+
 # sysexits.h
 EX_OK = 0
 EX_USAGE = 64

@@ -28,8 +28,9 @@ import httpx
 
 from ..config import Settings, load_settings
 from ..errors import Relay365Error, StoreError
-from ..ingress import Client, Policy, Refusal
-from ..ingress._submit import prepare  # the one place local submissions become NewMessages
+
+# prepare_submission: the one place local submissions become NewMessages
+from ..ingress import Client, Policy, Refusal, prepare_submission
 from ..store import Store
 
 T = TypeVar("T")
@@ -109,8 +110,8 @@ class OutboxSubmitter:
         return f"OutboxSubmitter({self._where})"
 
     def submit(self, raw: bytes, *, sender: str | None, recipients: Sequence[str]) -> str:
-        decision = prepare(self._policy, crlf(raw), sender=sender, recipients=list(recipients),
-                           client=self._client, source="api", client_label=self._label)
+        decision = prepare_submission(self._policy, crlf(raw), sender=sender, recipients=list(recipients),
+                                      client=self._client, source="api", client_label=self._label)
         if isinstance(decision, Refusal):
             raise NotQueued(decision.message, fix=decision.fix, temporary=decision.temporary,
                             code=decision.reply.split(" ", 2)[1] if " " in decision.reply else None)

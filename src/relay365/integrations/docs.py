@@ -188,9 +188,9 @@ def _first_line(command: Any) -> str:
 
 
 def _sendmail_section() -> list[str]:
-    from ..ingress import _sendmail
+    from ..ingress import SENDMAIL_MANUAL
 
-    doc = inspect.cleandoc(_sendmail.__doc__ or "").replace("``", "`")
+    doc = inspect.cleandoc(SENDMAIL_MANUAL).replace("``", "`")
     title, _, rest = doc.partition("\n")
     paragraphs = [p.strip() for p in rest.split("\n\n") if p.strip()]
     synopsis = [p for p in paragraphs if p.startswith("sendmail ")]
