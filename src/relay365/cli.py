@@ -10,7 +10,6 @@ import asyncio
 import datetime as dt
 import sys
 from collections.abc import Coroutine
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -265,35 +264,11 @@ def send_test(
 
     async def main() -> None:
         async with Client(settings(config)) as client:
-            result = await send_test_email(client, connection=connection, to=to, sender=from_)
+            result = await client.send_test_email(connection=connection, to=to, sender=from_)
             out.print(f"[green]Test email sent[/] {result.id} from {result.sender} to "
                       f"{', '.join(result.recipients)} via {result.transport}")
 
     run(main())
-
-
-async def send_test_email(client: Any, *, connection: str | None, to: str | None,
-                          sender: str | None) -> Any:
-    conn = client.route(sender, connection)
-    account = None
-    if conn.mode == "delegated":
-        tokens = await client.connection(conn.name)
-        await tokens.load()  # the account is known once the token cache is read
-        account = tokens.account
-    sender = sender or conn.sender
-    recipient = to or conn.account or sender
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = recipient
-    msg["Subject"] = f"relay365 test email ({conn.name})"
-    msg.set_content(
-        "This is a test email from relay365.\n\n"
-        f"Connection: {conn.name}\nTenant: {conn.tenant}\n"
-        f"Signed-in account: {account or ('none (app-only)' if conn.mode == 'app-only' else 'unknown')}\n"
-        f"Sender: {sender}\nTransport: {conn.transport}\n"
-        f"Sent at: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}\n\n"
-        "If you can read this, every application on this machine can send through Microsoft 365.\n")
-    return await client.send(msg, connection=conn.name)
 
 
 # ---- demo -------------------------------------------------------------------------------------------
