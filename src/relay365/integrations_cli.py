@@ -82,14 +82,14 @@ def docs_generate(
 
     where = directory or docs.DOCS_DIR
     if check:
-        old = docs.stale(where)
+        old = docs.stale(app, where)
         for path in old:
             err.print(f"out of date: {path}")
         if old:
             raise typer.Exit(1)
         out.print("the generated docs are up to date")
         return
-    changed = docs.write(where)
+    changed = docs.write(app, where)
     for path in changed:
         out.print(f"wrote {path}")
     if not changed:
