@@ -21,8 +21,7 @@ from starlette.responses import RedirectResponse, Response
 from ..catalogue import lookup_entry
 from ..config import AlertSettings
 from ..errors import ConfigError
-from ._security import action, page
-from ._site import Admin
+from ._site import Admin, action, page
 
 MASK = "****"
 SUMMARIES = ("off", "daily", "weekly")

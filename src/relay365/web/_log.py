@@ -24,8 +24,7 @@ from ..catalogue import Entry, find_entry, lookup_entry
 from ..errors import StoreError
 from ..store import MessageState, NewMessage
 from ..transport import split_head
-from ._security import action, page
-from ._site import Admin
+from ._site import Admin, action, page
 
 SEARCH_LIMIT = 200
 # A body longer than this is cut on the page (the stored message is untouched).

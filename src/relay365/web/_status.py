@@ -16,8 +16,7 @@ from ..diagnose import local_expiries
 from ..errors import StoreError
 from ..store import ConnectionState, MessageState, OutcomeCount
 from ._log import failure_entry
-from ._security import page
-from ._site import Admin
+from ._site import Admin, page
 
 DAYS_SHOWN = 7
 FAILURES_SHOWN = 10

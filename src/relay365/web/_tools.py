@@ -23,8 +23,7 @@ from ..catalogue import Entry, find_entry, lookup_entry
 from ..errors import Relay365Error, StoreError
 from ..ingress import Client, Policy, Refusal, prepare_submission
 from ..store import Attempt, MessageState, QueuedMessage
-from ._security import action, page
-from ._site import Admin
+from ._site import Admin, action, page
 
 if TYPE_CHECKING:
     from ..diagnose import DoctorReport
