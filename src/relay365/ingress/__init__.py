@@ -14,14 +14,13 @@ from ._http import api_routes
 from ._openapi import openapi_document
 from ._outbox import Outbox
 from ._policy import Client, Policy, Refusal, Route
-from ._sendmail import MANUAL as SENDMAIL_MANUAL
 from ._sendmail import main as sendmail_command
+from ._sendmail import manual as sendmail_manual
 from ._sendmail import sendmail_main
 from ._smtp import RelayHandler, RelaySMTP, start_smtp_listeners
 from ._submit import prepare as prepare_submission
 
 __all__ = [
-    "SENDMAIL_MANUAL",
     "Client",
     "Credentials",
     "Outbox",
@@ -38,5 +37,6 @@ __all__ = [
     "replies",
     "sendmail_command",
     "sendmail_main",
+    "sendmail_manual",
     "start_smtp_listeners",
 ]

@@ -30,9 +30,6 @@ from ._outbox import NewMessage
 from ._policy import Client, Policy, Refusal
 from ._submit import prepare
 
-# The docstring above is the command's manual; docs/reference/cli.md is generated from it.
-MANUAL = __doc__ or ""
-
 # sysexits.h
 EX_OK = 0
 EX_USAGE = 64
@@ -234,6 +231,11 @@ def _expect(answer: tuple[int, bytes], *ok: int) -> None:
     reply = f"{code} {words}"
     raise _Failure(status, f"the relay refused the message: {reply}",
                    "the reply says why; the relay's log has the same line")
+
+
+def manual() -> str:
+    """The command's manual: this module's docstring (docs/reference/cli.md shows it)."""
+    return __doc__ or ""
 
 
 def main(argv: list[str] | None = None) -> int:

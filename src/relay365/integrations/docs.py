@@ -185,9 +185,9 @@ def _first_line(command: Any) -> str:
 
 
 def _sendmail_section() -> list[str]:
-    from ..ingress import SENDMAIL_MANUAL
+    from ..ingress import sendmail_manual
 
-    doc = inspect.cleandoc(SENDMAIL_MANUAL).replace("``", "`")
+    doc = inspect.cleandoc(sendmail_manual()).replace("``", "`")
     title, _, rest = doc.partition("\n")
     paragraphs = [p.strip() for p in rest.split("\n\n") if p.strip()]
     synopsis = [p for p in paragraphs if p.startswith("sendmail ")]
