@@ -13,20 +13,18 @@ import email.utils
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..catalogue import Entry, find_entry, lookup_entry
+from ..diagnose import DoctorReport, config_failure, run_doctor
 from ..errors import Relay365Error, StoreError
 from ..ingress import Client, Policy, Refusal, prepare_submission
 from ..store import Attempt, MessageState, QueuedMessage
 from ._site import Admin, action, page
-
-if TYPE_CHECKING:
-    from ..diagnose import DoctorReport
 
 # The result is shown on the page that sent the message: wait this long for an outcome.
 POLL_EVERY = 0.2
@@ -188,8 +186,6 @@ async def doctor_page(admin: Admin, request: Request) -> Response:
 
 
 async def _run_doctor(admin: Admin, request: Request, form: FormData) -> Response:
-    from ..diagnose import config_failure, run_doctor  # loads auth and transport: only when asked
-
     names = [c.name for c in admin.settings.connections]
     chosen = form.get("connection")
     chosen = chosen if isinstance(chosen, str) else ""
