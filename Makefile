@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck pytest tools bench clean screenshots
+.PHONY: test demo lint typecheck imports pytest tools bench clean screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("relay365 needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -18,6 +18,11 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
+
+# The import contracts of [tool.importlinter] in pyproject.toml: the layers of relay365, no
+# cycle, m365sim apart.
+imports: $(STAMP)
+	$(BIN)/lint-imports
 
 # Real peers the tests drive (Debian packages): swaks (SMTP), PHP with PHPMailer (WordPress's
 # mailer), systemd-analyze (the generated unit), chromium for Playwright (the admin page's
@@ -33,7 +38,7 @@ tools:
 pytest: $(STAMP) tools
 	$(BIN)/pytest -q
 
-test: lint typecheck pytest
+test: lint typecheck imports pytest
 
 # The admin page's screenshots in docs/screenshots/ (the README shows them), from the browser tests.
 screenshots: $(STAMP) tools

@@ -9,9 +9,7 @@ Errors are ``relay365.Relay365Error`` subclasses carrying the cause and the fix.
 import typing as _typing
 
 from ._lazy import lazy_attributes as _lazy_attributes
-
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .config import ConnectionSettings, Settings, load_settings
 from .errors import (
     AuthError,

@@ -162,3 +162,27 @@ class Client:
         return SendResult(id=queued.id, connection=queued.connection, sender=outcome.sender or queued.sender,
                           recipients=queued.recipients, transport=outcome.transport, path=outcome.path,
                           request_id=outcome.request_id)
+
+    async def send_test_email(self, *, connection: str | None = None, to: str | None = None,
+                              sender: str | None = None) -> SendResult:
+        """Send the test email: it says which connection, account, sender and transport carried it."""
+        conn = self.route(sender, connection)
+        account = None
+        if conn.mode == "delegated":
+            tokens = await self.connection(conn.name)
+            await tokens.load()  # the account is known once the token cache is read
+            account = tokens.account
+        sender = sender or conn.sender
+        recipient = to or conn.account or sender
+        msg = EmailMessage()
+        msg["From"] = sender
+        msg["To"] = recipient
+        msg["Subject"] = f"relay365 test email ({conn.name})"
+        msg.set_content(
+            "This is a test email from relay365.\n\n"
+            f"Connection: {conn.name}\nTenant: {conn.tenant}\n"
+            f"Signed-in account: {account or ('none (app-only)' if conn.mode == 'app-only' else 'unknown')}\n"
+            f"Sender: {sender}\nTransport: {conn.transport}\n"
+            f"Sent at: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}\n\n"
+            "If you can read this, every application on this machine can send through Microsoft 365.\n")
+        return await self.send(msg, connection=conn.name)

@@ -1,4 +1,10 @@
-"""Names a package exports but imports only when first used (heavy dependencies)."""
+"""Names a package exports but imports only when first used (heavy dependencies).
+
+Its users defer weight, not a cycle: the package root defers the client (MSAL and httpx,
+which `relay365 sendmail` never needs), alerts defers Apprise and its plugins.  Each names
+the deferred modules under TYPE_CHECKING too, so the import contracts (`make imports`) see
+those imports and hold them to the layers like any other.
+"""
 
 from __future__ import annotations
 

@@ -102,7 +102,6 @@ def demo_settings(sim: Any, workdir: Path) -> dict[str, Any]:
 
 async def _sign_in_and_send(config: Path, ca_file: Path, console: Console) -> Any:
     from .auth import sign_in_with_browser
-    from .cli import send_test_email
 
     async with Client(config) as client:
         conn = await client.connection("demo")
@@ -112,7 +111,7 @@ async def _sign_in_and_send(config: Path, ca_file: Path, console: Console) -> An
                       f"granted {', '.join(result.scopes)}")
         for warning in result.warnings:
             console.print(f"[yellow]warning:[/] {warning}")
-        sent = await send_test_email(client, connection="demo", to=DEMO_RECIPIENT, sender=DEMO_SHARED)
+        sent = await client.send_test_email(connection="demo", to=DEMO_RECIPIENT, sender=DEMO_SHARED)
         console.print(f"[green]Sent[/] test email {sent.id} from {sent.sender} via Graph "
                       f"(request id {sent.request_id})")
         return sent

@@ -21,10 +21,7 @@ an SMTP reply), so every place that shows a failure shows its cause and its fix.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .diagnose import Entry
+from .catalogue import Entry, lookup_entry
 
 
 class Relay365Error(Exception):
@@ -34,8 +31,6 @@ class Relay365Error(Exception):
 
     def __init__(self, message: str, *, entry: Entry | str | None = None, code: str | None = None,
                  status: int | None = None, request_id: str | None = None) -> None:
-        from .diagnose import lookup_entry
-
         super().__init__(message)
         self.message = message
         self.entry = lookup_entry(entry or self.default_entry)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from relay365.catalogue import catalogue, find_entry
 from relay365.config import load_settings, settings_from_dict, write_settings
-from relay365.diagnose import catalogue, find_entry
 from relay365.errors import ConfigError, NeedsSignIn, TransientError
 from relay365.setup import azure_cli_script, entra_plan
 
@@ -116,18 +116,18 @@ def test_azure_cli_script_adds_every_permission_by_id() -> None:
 
 
 def test_a_sealed_client_secret_is_opened_only_with_the_installation_key(tmp_path: Path) -> None:
-    from relay365.auth import SecretBox
+    from relay365.auth import SecretBox, client_secret
     from relay365.errors import ConfigError
 
     box = SecretBox.from_environment(tmp_path / "secret.key")
     data = {"state_dir": str(tmp_path), "connections": [
         {"name": "a", "tenant": "t", "client_id": "c", "client_secret": box.seal("the secret")}]}
     settings = settings_from_dict(data, env={})
-    assert settings.connection("a").secret_value() == "the secret"
+    assert client_secret(settings.connection("a")) == "the secret"
     assert "the secret" not in repr(settings)
     other = settings_from_dict({**data, "secret_key_file": str(tmp_path / "other.key")}, env={})
     with pytest.raises(ConfigError, match="encrypted with another key"):
-        other.connection("a").secret_value()
+        client_secret(other.connection("a"))
     plain = settings_from_dict({**data, "connections": [{**data["connections"][0], "client_secret": "p"}]},
                                env={})
-    assert plain.connection("a").secret_value() == "p"
+    assert client_secret(plain.connection("a")) == "p"

@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 import m365sim
+from relay365.catalogue import catalogue, find_entry, match_entry
 from relay365.cli import app
-from relay365.diagnose import catalogue, find_entry, match_entry
 
 # Entries of what Microsoft answers carry a link to Microsoft's documentation.
 MICROSOFT = ("AAD-", "M365-", "SMTP-")
@@ -161,7 +161,7 @@ REFERENCE = [
 
 
 def test_the_catalogue_is_valid() -> None:
-    raw = tomllib.loads((resources.files("relay365.diagnose") / "catalogue.toml").read_text("utf-8"))
+    raw = tomllib.loads((resources.files("relay365.catalogue") / "catalogue.toml").read_text("utf-8"))
     ids = [e["id"] for e in raw["entry"]]
     assert len(ids) == len(set(ids)), "ids are unique"
     entries = catalogue()

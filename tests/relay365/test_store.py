@@ -26,7 +26,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 
 import relay365.store
-from relay365.auth._crypto import SecretBox
+from relay365.auth import SecretBox
 from relay365.errors import ConfigError, StoreError
 from relay365.store import ConnectionState, MessageState, Store, _migrations, _schema
 

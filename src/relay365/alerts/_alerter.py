@@ -20,7 +20,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..diagnose import CredentialExpiry, lookup_entry
+from ..catalogue import lookup_entry
+from ..diagnose import CredentialExpiry
 from ..store import MessageState, Store
 from ._channels import Alert, Channel, Level
 from ._settings import AlertSettings

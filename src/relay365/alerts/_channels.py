@@ -18,8 +18,8 @@ from typing import Literal, Protocol
 
 import apprise
 
+from ..catalogue import Entry
 from ..config import ConnectionSettings, Settings
-from ..diagnose import Entry
 from ..store import NewMessage
 
 log = logging.getLogger("relay365.alerts")

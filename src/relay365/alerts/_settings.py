@@ -1,5 +1,5 @@
 """The alert settings live with the rest of the configuration (relay365.config)."""
 
-from ..config._alerts import AlertSettings, alert_settings_from
+from ..config import AlertSettings, alert_settings_from
 
 __all__ = ["AlertSettings", "alert_settings_from"]

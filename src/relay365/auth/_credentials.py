@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ..config import ConnectionSettings
 from ..errors import ConfigError
+from ._crypto import SecretBox
 
 
 def credential_kind(settings: ConnectionSettings) -> str:
@@ -24,6 +25,19 @@ def credential_kind(settings: ConnectionSettings) -> str:
     if settings.client_secret is not None or settings.client_secret_env or settings.client_secret_file:
         return "client secret"
     return "no credential"
+
+
+def client_secret(settings: ConnectionSettings) -> str | None:
+    """The client secret written in relay365.toml, unsealed when the admin page wrote it sealed.
+
+    The installation's key is read only here, when a secret is needed.
+    """
+    if settings.client_secret is None:
+        return None
+    value = settings.client_secret.get_secret_value()
+    if settings.key_file is None:
+        return value
+    return SecretBox.from_environment(settings.key_file).unseal(value)
 
 
 def read_credential(settings: ConnectionSettings) -> str | dict[str, str] | None:
@@ -45,7 +59,7 @@ def read_credential(settings: ConnectionSettings) -> str | dict[str, str] | None
         # With public_certificate MSAL sends x5c and signs with PS256 / x5t#S256.
         return {"private_key": key_pem, "public_certificate": cert_pem}
     if settings.client_secret is not None:
-        return settings.secret_value()
+        return client_secret(settings)
     if settings.client_secret_env:
         value = os.environ.get(settings.client_secret_env, "").strip()
         if not value:

@@ -19,7 +19,7 @@ from typing import Any
 import requests
 from msal.exceptions import MsalServiceError
 
-from ..diagnose import find_entry
+from ..catalogue import find_entry
 from ..errors import AuthError, AuthUnavailable, NeedsSignIn
 
 # Answers only an interactive sign-in can fix (the refresh token is gone, revoked,

@@ -1,6 +1,6 @@
 """Configuration: one TOML file (``relay365.toml``), every key overridable by ``RELAY365_*``."""
 
-from ._alerts import AlertSettings
+from ._alerts import AlertSettings, alert_settings_from
 from ._env import connection_env_variable, env_variable
 from ._load import config_path, load_settings, settings_from_dict, update_config_file, write_settings
 from ._model import (
@@ -28,6 +28,7 @@ __all__ = [
     "RelaySettings",
     "Settings",
     "SmtpListener",
+    "alert_settings_from",
     "config_path",
     "connection_env_variable",
     "env_variable",

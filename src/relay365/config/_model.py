@@ -88,7 +88,9 @@ class ConnectionSettings(BaseModel):
                                         "for the sign-in (any port when it is http://localhost).",
         examples=["http://localhost", "https://relay.example.com/auth/callback"])
 
-    # The installation's key file, for a client secret the admin page sealed (set by Settings).
+    # The installation's key file, which opens a client secret the admin page sealed (set by
+    # Settings).  The configuration keeps the sealed text as it is: auth unseals it when it
+    # builds the connection's credential.
     _key_file: Path | None = PrivateAttr(None)
 
     @field_validator("name")
@@ -127,16 +129,10 @@ class ConnectionSettings(BaseModel):
                              "or client_secret_file")
         return self
 
-    def secret_value(self) -> str | None:
-        """The client secret given in the file, unsealed when the admin page wrote it sealed."""
-        if self.client_secret is None:
-            return None
-        value = self.client_secret.get_secret_value()
-        if self._key_file is None:
-            return value
-        from ..auth._crypto import SecretBox  # the key is read only when a secret is needed
-
-        return SecretBox.from_environment(self._key_file).unseal(value)
+    @property
+    def key_file(self) -> Path | None:
+        """The installation's key file (from ``Settings``); None for a connection built alone."""
+        return self._key_file
 
     @property
     def sender(self) -> str | None:

@@ -39,14 +39,23 @@ from urllib.parse import quote
 
 import httpx
 
-from ..auth import AccessToken, Connection, SecretBox
-from ..auth._credentials import credential_kind, read_credential
-from ..auth._scopes import needed_scopes, request_scopes, token_account, token_claims, transport_resource
+from ..auth import (
+    AccessToken,
+    Connection,
+    SecretBox,
+    credential_kind,
+    needed_scopes,
+    read_credential,
+    request_scopes,
+    token_account,
+    token_claims,
+    transport_resource,
+)
+from ..catalogue import Entry, lookup_entry
 from ..config import ConnectionSettings, Settings
 from ..errors import AuthError, ConfigError, NeedsSignIn, Relay365Error
 from ..store import ConnectionState, Store
 from ..transport import Envelope, transport_for
-from ._catalogue import Entry, lookup_entry
 from ._expiry import WARN_DAYS, CredentialExpiry, credential_expiries, graph_http
 from ._probes import GENERIC_TENANTS, Reach, authorize_probe, graph_call, probe_message, reach
 

@@ -23,8 +23,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ..auth import TokenSource
-from ..auth._credentials import read_credential
+from ..auth import TokenSource, read_credential
 from ..config import ConnectionSettings
 from ..errors import AuthError, ConfigError
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
+from ..catalogue import Entry, find_entry, lookup_entry
 from ..config import ConnectionSettings
-from ._catalogue import Entry, find_entry, lookup_entry
 
 _AADSTS = re.compile(r"AADSTS\d+:?[^<\r\n]*")
 GENERIC_TENANTS = ("common", "organizations", "consumers")

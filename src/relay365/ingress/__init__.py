@@ -15,6 +15,7 @@ from ._http import api_routes
 from ._openapi import openapi_document
 from ._outbox import Outbox
 from ._sendmail import main as sendmail_command
+from ._sendmail import manual as sendmail_manual
 from ._sendmail import sendmail_main
 from ._smtp import RelayHandler, start_smtp_listeners
 
@@ -29,5 +30,6 @@ __all__ = [
     "openapi_document",
     "sendmail_command",
     "sendmail_main",
+    "sendmail_manual",
     "start_smtp_listeners",
 ]

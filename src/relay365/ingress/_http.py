@@ -29,8 +29,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from ..catalogue import Entry, find_entry, lookup_entry
 from ..config import Settings
-from ..diagnose import Entry, find_entry, lookup_entry
 from ..errors import StoreError
 from ..mime import normalise_newlines, read_head
 from ..policy import Client, Policy, Refusal, prepare, replies

@@ -232,6 +232,11 @@ def _expect(answer: tuple[int, bytes], *ok: int) -> None:
                    "the reply says why; the relay's log has the same line")
 
 
+def manual() -> str:
+    """The command's manual: this module's docstring (docs/reference/cli.md shows it)."""
+    return __doc__ or ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """The console entry point: settings from RELAY365_CONFIG / the user's config, stdin, argv."""
     args = sys.argv[1:] if argv is None else argv

@@ -114,7 +114,7 @@ class OutboxSubmitter:
 
     def submit(self, raw: bytes, *, sender: str | None, recipients: Sequence[str]) -> str:
         decision = prepare(self._policy, crlf(raw), sender=sender, recipients=list(recipients),
-                           client=self._client, source="api", client_label=self._label)
+                                      client=self._client, source="api", client_label=self._label)
         if isinstance(decision, Refusal):
             raise NotQueued(decision.message, fix=decision.fix, temporary=decision.temporary,
                             code=decision.reply.split(" ", 2)[1] if " " in decision.reply else None)

@@ -2,18 +2,17 @@
 
     docs/reference/configuration.md   from the settings model (fields, types, defaults, examples)
     docs/reference/cli.md             from the Typer app (commands, arguments, options, help)
-    docs/troubleshooting.md           from the failure catalogue (diagnose/catalogue.toml)
+    docs/troubleshooting.md           from the failure catalogue (catalogue/catalogue.toml)
 
-``python -m relay365.integrations.docs [--check] [DOCS_DIR]`` (or ``relay365 docs generate``)
-writes them; ``--check`` only says which are out of date (exit 1), as the test suite does.
+``relay365 docs generate [--check] [DOCS_DIR]`` writes them, handing in its own Typer app
+(this module sits below the command line, so it is given the app rather than importing it);
+``--check`` only says which are out of date (exit 1), as the test suite does.
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
-import sys
 import types
 import typing
 from collections.abc import Iterator
@@ -177,11 +176,9 @@ def _param_row(param: Any, ctx: typer.Context) -> str | None:
     return f"| `{declaration}` | {_cell(help_text)} |"
 
 
-def cli_reference() -> str:
-    """docs/reference/cli.md."""
-    from .. import cli
-
-    root = typer.main.get_command(cli.app)
+def cli_reference(app: typer.Typer) -> str:
+    """docs/reference/cli.md, from the ``relay365`` command's Typer app."""
+    root = typer.main.get_command(app)
     ctx = typer.Context(root, info_name="relay365")
     lines = [HEADER.format(source="the relay365 command (relay365.cli)"), "# Command-line reference", "",
              _cell(root.help or ""), "",
@@ -211,9 +208,9 @@ def _first_line(command: Any) -> str:
 
 
 def _sendmail_section() -> list[str]:
-    from ..ingress import _sendmail
+    from ..ingress import sendmail_manual
 
-    doc = inspect.cleandoc(_sendmail.__doc__ or "").replace("``", "`")
+    doc = inspect.cleandoc(sendmail_manual()).replace("``", "`")
     title, _, rest = doc.partition("\n")
     paragraphs = [p.strip() for p in rest.split("\n\n") if p.strip()]
     synopsis = [p for p in paragraphs if p.startswith("sendmail ")]
@@ -232,10 +229,10 @@ _KINDS = {"config": "Configuration", "auth": "Sign-in and tokens", "permanent": 
 
 def troubleshooting() -> str:
     """docs/troubleshooting.md."""
-    from ..diagnose import catalogue
+    from ..catalogue import catalogue
 
     entries = list(catalogue().values())
-    lines = [HEADER.format(source="relay365/diagnose/catalogue.toml"), "# Troubleshooting", "",
+    lines = [HEADER.format(source="relay365/catalogue/catalogue.toml"), "# Troubleshooting", "",
              "Every failure relay365 reports names one of these entries: `relay365 log`, `relay365 queue "
              "show ID`, the HTTP API's diagnosis and the log lines all carry its id. Paste any error "
              "text (an AADSTS code, a Graph error, an SMTP reply) into `relay365 explain` to find its "
@@ -263,26 +260,26 @@ def _anchor(title: str) -> str:
 
 # ---- writing and checking -------------------------------------------------------------------------
 
-def generated() -> dict[str, str]:
-    """Every generated file, by its path under docs/."""
-    return {"reference/configuration.md": configuration_reference(), "reference/cli.md": cli_reference(),
+def generated(app: typer.Typer) -> dict[str, str]:
+    """Every generated file, by its path under docs/ (``app``: the ``relay365`` command's)."""
+    return {"reference/configuration.md": configuration_reference(), "reference/cli.md": cli_reference(app),
             "troubleshooting.md": troubleshooting()}
 
 
-def stale(directory: Path = DOCS_DIR) -> list[Path]:
+def stale(app: typer.Typer, directory: Path = DOCS_DIR) -> list[Path]:
     """The generated files under ``directory`` that differ from what the code says now."""
     out = []
-    for name, text in generated().items():
+    for name, text in generated(app).items():
         path = directory / name
         if not path.exists() or path.read_text(encoding="utf-8") != text:
             out.append(path)
     return out
 
 
-def write(directory: Path = DOCS_DIR) -> list[Path]:
+def write(app: typer.Typer, directory: Path = DOCS_DIR) -> list[Path]:
     """Write every generated file under ``directory``; the paths that changed."""
     changed = []
-    for name, text in generated().items():
+    for name, text in generated(app).items():
         path = directory / name
         if not path.exists() or path.read_text(encoding="utf-8") != text:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -290,22 +287,3 @@ def write(directory: Path = DOCS_DIR) -> list[Path]:
             changed.append(path)
     return changed
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m relay365.integrations.docs",
-                                     description="Write docs/'s generated references from the code.")
-    parser.add_argument("directory", nargs="?", type=Path, default=DOCS_DIR)
-    parser.add_argument("--check", action="store_true", help="only report out-of-date files (exit 1)")
-    args = parser.parse_args(argv)
-    if args.check:
-        old = stale(args.directory)
-        for path in old:
-            print(f"out of date: {path} (run `relay365 docs generate`)", file=sys.stderr)
-        return 1 if old else 0
-    for path in write(args.directory):
-        print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -4,7 +4,7 @@ Which class an answer gets is a small table of HTTP statuses and SMTP reply clas
 (retry 408/429/5xx and SMTP 4xx; anything else is permanent), widened by the catalogue:
 an entry of kind ``transient`` (a daily quota, an expired token) is retried whatever
 its status.  Which diagnosis it gets is data: ``find_entry`` looks the Graph error code,
-the inner codes, the message or the SMTP reply up in ``diagnose/catalogue.toml``.
+the inner codes, the message or the SMTP reply up in ``catalogue/catalogue.toml``.
 
 Messages say what was being sent (step, size, sender) and what Microsoft answered;
 they never contain a token or an upload URL (whose query string is a credential).
@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from ..diagnose import Entry, find_entry, lookup_entry
+from ..catalogue import Entry, find_entry, lookup_entry
 from ..errors import DeliveryError, PermanentError, TransientError
 
 # Retried whatever the body says (reference §4.5, §6.2); every 5xx is retried too.

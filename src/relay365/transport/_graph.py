@@ -29,7 +29,8 @@ from urllib.parse import quote
 
 import httpx
 
-from .. import __version__, metrics
+from .. import metrics
+from .._version import __version__
 from ..auth import TokenSource
 from ..config import ConnectionSettings
 from ..errors import PermanentError, TransientError

@@ -5,6 +5,7 @@ Server-rendered (Starlette + Jinja2, autoescaped), every asset served from the p
 limit); ``admin_routes`` builds the pages over one running configuration.
 """
 
-from ._site import Admin, AdminSite, admin_routes
+from ._routes import admin_routes
+from ._site import Admin, AdminSite
 
 __all__ = ["Admin", "AdminSite", "admin_routes"]

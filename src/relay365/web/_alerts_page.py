@@ -18,11 +18,10 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from ..catalogue import lookup_entry
 from ..config import AlertSettings
-from ..diagnose import lookup_entry
 from ..errors import ConfigError
-from ._security import action, page
-from ._site import Admin
+from ._site import Admin, action, page
 
 MASK = "****"
 SUMMARIES = ("off", "daily", "weekly")

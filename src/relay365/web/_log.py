@@ -20,12 +20,11 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from ..diagnose import Entry, find_entry, lookup_entry
+from ..catalogue import Entry, find_entry, lookup_entry
 from ..errors import StoreError
 from ..mime import split_head
 from ..store import MessageState, NewMessage
-from ._security import action, page
-from ._site import Admin
+from ._site import Admin, action, page
 
 SEARCH_LIMIT = 200
 # A body longer than this is cut on the page (the stored message is untouched).

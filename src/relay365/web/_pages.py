@@ -9,8 +9,8 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from ._security import action, csrf_valid, password_matches, signed_in, start_session
-from ._site import Admin
+from ._security import csrf_valid, password_matches
+from ._site import Admin, action, signed_in, start_session
 
 
 def _safe_next(target: str | None) -> str:

@@ -22,9 +22,8 @@ from ..config import DEFAULT_AUTHORITY_HOST, DEFAULT_GRAPH_URL, ConnectionSettin
 from ..diagnose import local_expiries
 from ..errors import ConfigError, Relay365Error
 from ..setup import entra_plan
-from ._security import action, page
 from ._signin import callback_url
-from ._site import Admin
+from ._site import Admin, action, page
 
 # Form fields copied to the connection's table as typed (empty: the key is left out).
 _TEXT_FIELDS = ("tenant", "client_id", "mode", "secret_expires", "account", "default_sender",

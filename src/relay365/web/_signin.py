@@ -11,78 +11,19 @@ started from, behind the login.
 
 from __future__ import annotations
 
-import secrets
-import time
 import urllib.parse
-from dataclasses import dataclass, field
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from ..auth import Connection, SignInFlow, SignInResult
-from ..diagnose import Entry
+from ..auth import Connection, SignInResult
 from ..errors import Relay365Error
 from ..setup import needed_permissions
-from ._security import action, page
-from ._site import Admin
+from ._signin_state import Pending, SignInOutcome
+from ._site import Admin, action, page
 
 CALLBACK_PATH = "/auth/callback"
-_PENDING_FOR = 15 * 60.0  # seconds a started sign-in may take
-_KEEP_RESULTS = 50
-
-
-@dataclass
-class _Pending:
-    connection: Connection
-    flow: SignInFlow
-    origin: str  # where the admin started: the result is shown there
-    started: float = field(default_factory=time.monotonic)
-
-
-@dataclass(frozen=True)
-class SignInOutcome:
-    """What a sign-in from the page came to, for its result page."""
-
-    connection: str
-    result: SignInResult | None = None
-    missing: tuple[str, ...] = ()
-    error: Relay365Error | None = None
-
-    @property
-    def entry(self) -> Entry | None:
-        return self.error.entry if self.error is not None else None
-
-
-class SignIns:
-    """Sign-ins started from the page and not yet back, and the latest results."""
-
-    def __init__(self) -> None:
-        self._pending: dict[str, _Pending] = {}
-        self._results: dict[str, SignInOutcome] = {}
-
-    def started(self, pending: _Pending) -> None:
-        now = time.monotonic()
-        for state in [s for s, p in self._pending.items() if now - p.started > _PENDING_FOR]:
-            self._pending.pop(state).connection.close()
-        self._pending[pending.flow.state] = pending
-
-    def came_back(self, state: str) -> _Pending | None:
-        pending = self._pending.pop(state, None)
-        if pending is not None and time.monotonic() - pending.started > _PENDING_FOR:
-            pending.connection.close()
-            return None
-        return pending
-
-    def record(self, outcome: SignInOutcome) -> str:
-        while len(self._results) >= _KEEP_RESULTS:
-            self._results.pop(next(iter(self._results)))
-        result_id = secrets.token_urlsafe(12)
-        self._results[result_id] = outcome
-        return result_id
-
-    def result(self, result_id: str) -> SignInOutcome | None:
-        return self._results.get(result_id)
 
 
 def callback_url(request: Request) -> str:
@@ -143,7 +84,7 @@ async def _start(admin: Admin, request: Request, form: FormData) -> Response:
         outcome = SignInOutcome(name, error=exc)
         return RedirectResponse(f"/setup/{name}/signed-in/{admin.site.sign_ins.record(outcome)}",
                                 status_code=303)
-    admin.site.sign_ins.started(_Pending(connection, flow, _origin(request)))
+    admin.site.sign_ins.started(Pending(connection, flow, _origin(request)))
     return RedirectResponse(flow.auth_uri, status_code=303)
 
 

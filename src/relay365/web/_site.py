@@ -1,45 +1,39 @@
-"""The admin site: what outlives a configuration reload, and the routes over one configuration."""
+"""The admin site: what outlives a configuration reload (``AdminSite``), the page over one
+running configuration (``Admin``), and who may see it.
+
+The session is Starlette's signed cookie (HttpOnly, SameSite=Lax); it holds only whether
+the admin signed in, when, and the CSRF token: never a secret.  ``page`` guards a GET with
+the login, ``action`` a POST with the login and the CSRF token.  A password change bumps the
+session epoch, which signs every older session out.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import secrets
+import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.middleware.sessions import SessionMiddleware
+from starlette.datastructures import FormData
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from .._limits import FailedLogins
 from ..config import Settings, update_config_file
 from ..errors import ConfigError
-from ._security import CSRF_FIELD, csrf_token, signed_in
+from ._security import CSRF_FIELD, csrf_token, csrf_valid
+from ._signin_state import SignIns
 
 if TYPE_CHECKING:
     from ..alerts import AlertService
     from ..delivery import DeliveryEngine
     from ..store import NewMessage, Store
-    from ._signin import SignIns
-
-SESSION_COOKIE = "relay365_admin"
-# Only our own scripts, styles and images; never framed; no referrer leaves the page.
-_SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; object-src 'none'; "
-                                 b"frame-ancestors 'none'; base-uri 'none'"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
-]
 
 
 class AdminSite:
@@ -48,8 +42,6 @@ class AdminSite:
 
     def __init__(self, *, session_key: bytes, config_file: Path | None,
                  apply: Callable[[Settings], Awaitable[None]] | None = None) -> None:
-        from ._signin import SignIns
-
         self.session_key = session_key
         self.config_file = config_file
         self.apply = apply
@@ -119,43 +111,51 @@ def _when(value: dt.datetime | None) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-class SecurityHeaders:
-    """Adds the security headers to every admin response (the API keeps its own)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *_SECURITY_HEADERS]
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
+Page = Callable[["Admin", Request], Awaitable[Response]]
+Action = Callable[["Admin", Request, FormData], Awaitable[Response]]
 
 
-def _bind(admin: Admin, handler: Callable[[Admin, Request], Awaitable[Response]]) \
-        -> Callable[[Request], Awaitable[Response]]:
-    async def endpoint(request: Request) -> Response:
+def signed_in(admin: Admin, request: Request) -> bool:
+    session = request.session
+    started = session.get("signed_in_at")
+    if not isinstance(started, (int, float)) or session.get("epoch") != admin.session_epoch:
+        return False
+    return time.time() - started < admin.settings.admin.session_hours * 3600
+
+
+def start_session(admin: Admin, request: Request) -> None:
+    request.session.clear()  # a new token after login: one seen before it is worth nothing
+    request.session.update({"signed_in_at": time.time(), "epoch": admin.session_epoch,
+                            CSRF_FIELD: secrets.token_urlsafe(32)})
+
+
+def _to_login(request: Request) -> Response:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse("/login?" + urllib.parse.urlencode({"next": target}), status_code=303)
+
+
+def page(handler: Page) -> Callable[[Admin, Request], Awaitable[Response]]:
+    """A GET page for a signed-in admin; others go to the login page."""
+
+    async def guarded(admin: Admin, request: Request) -> Response:
+        if not signed_in(admin, request):
+            return _to_login(request)
         return await handler(admin, request)
 
-    endpoint.__name__ = getattr(handler, "__name__", "endpoint")
-    return endpoint
+    return guarded
 
 
-def admin_routes(admin: Admin) -> list[BaseRoute]:
-    """Every admin page, mounted at the root of the web listener (the API has /api/v1)."""
-    from . import _alerts_page, _log, _pages, _setup, _signin, _status, _tools
+def action(handler: Action) -> Callable[[Admin, Request], Awaitable[Response]]:
+    """A state-changing POST: a signed-in admin and this session's CSRF token, or 403."""
 
-    table: list[tuple[str, Callable[[Admin, Request], Awaitable[Response]], list[str]]] = [
-        *_pages.ROUTES, *_status.ROUTES, *_setup.ROUTES, *_signin.ROUTES, *_log.ROUTES,
-        *_tools.ROUTES, *_alerts_page.ROUTES,
-    ]
-    routes: list[BaseRoute] = [Route(path, _bind(admin, handler), methods=methods)
-                               for path, handler, methods in table]
-    static = StaticFiles(packages=[("relay365.web", "static")])
-    session = Middleware(SessionMiddleware, secret_key=admin.site.session_key.hex(),
-                         session_cookie=SESSION_COOKIE, same_site="lax",
-                         max_age=int(admin.settings.admin.session_hours * 3600), https_only=False)
-    app = Starlette(routes=[*routes, Mount("/static", static, name="static")], middleware=[session])
-    return [Mount("/", app=SecurityHeaders(app))]
+    async def guarded(admin: Admin, request: Request) -> Response:
+        form = await request.form()
+        if not csrf_valid(request, form):
+            return PlainTextResponse("403: this form is out of date or did not come from this page "
+                                     "(missing or wrong CSRF token). Reload the page and try again.",
+                                     status_code=403)
+        if not signed_in(admin, request):
+            return _to_login(request)
+        return await handler(admin, request, form)
+
+    return guarded

@@ -10,13 +10,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..catalogue import Entry, lookup_entry
 from ..config import ConnectionSettings
-from ..diagnose import Entry, local_expiries, lookup_entry
+from ..diagnose import local_expiries
 from ..errors import StoreError
 from ..store import ConnectionState, MessageState, OutcomeCount
 from ._log import failure_entry
-from ._security import page
-from ._site import Admin
+from ._site import Admin, page
 
 DAYS_SHOWN = 7
 FAILURES_SHOWN = 10

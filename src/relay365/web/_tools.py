@@ -13,22 +13,19 @@ import email.utils
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..diagnose import Entry, find_entry, lookup_entry
+from ..catalogue import Entry, find_entry, lookup_entry
+from ..diagnose import DoctorReport, config_failure, run_doctor
 from ..errors import Relay365Error, StoreError
 from ..policy import Client, Policy, Refusal
 from ..policy import prepare as prepare_submission
 from ..store import Attempt, MessageState, QueuedMessage
-from ._security import action, page
-from ._site import Admin
-
-if TYPE_CHECKING:
-    from ..diagnose import DoctorReport
+from ._site import Admin, action, page
 
 # The result is shown on the page that sent the message: wait this long for an outcome.
 POLL_EVERY = 0.2
@@ -190,8 +187,6 @@ async def doctor_page(admin: Admin, request: Request) -> Response:
 
 
 async def _run_doctor(admin: Admin, request: Request, form: FormData) -> Response:
-    from ..diagnose import config_failure, run_doctor  # loads auth and transport: only when asked
-
     names = [c.name for c in admin.settings.connections]
     chosen = form.get("connection")
     chosen = chosen if isinstance(chosen, str) else ""

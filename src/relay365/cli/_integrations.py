@@ -1,4 +1,4 @@
-"""Commands of the integrations part; registered on relay365.cli.app when cli is imported."""
+"""Running relay365 beside other software: ``install-service`` (systemd) and ``docs generate``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .cli import app, err, out
+from ._common import app, err, out
 
 SERVICE_CONFIG = Path("/etc/relay365/relay365.toml")
 
@@ -36,7 +36,7 @@ def install_service(
     force: Annotated[bool, typer.Option(help="replace an existing unit file")] = False,
 ) -> None:
     """Write a hardened systemd unit for `relay365 serve` and print how to enable it."""
-    from .integrations.systemd import (
+    from ..integrations.systemd import (
         DEFAULT_UNIT_PATH,
         ServiceOptions,
         next_steps,
@@ -78,18 +78,18 @@ def docs_generate(
         "--check", help="only list out-of-date files; exit 1 if any")] = False,
 ) -> None:
     """Write the configuration, command-line and troubleshooting references from the code."""
-    from .integrations import docs
+    from ..integrations import docs
 
     where = directory or docs.DOCS_DIR
     if check:
-        old = docs.stale(where)
+        old = docs.stale(app, where)
         for path in old:
             err.print(f"out of date: {path}")
         if old:
             raise typer.Exit(1)
         out.print("the generated docs are up to date")
         return
-    changed = docs.write(where)
+    changed = docs.write(app, where)
     for path in changed:
         out.print(f"wrote {path}")
     if not changed:

@@ -1,4 +1,4 @@
-"""Commands of the diagnose part; registered on relay365.cli.app when cli is imported."""
+"""Explaining and finding failures: ``explain``, ``doctor``, and ``alerts test``."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .cli import ConfigOption, app, err, out, run, settings
-from .diagnose import Entry, catalogue, match_entry
+from ..catalogue import Entry, catalogue, match_entry
+from ._common import ConfigOption, app, err, out, run, settings
 
 if TYPE_CHECKING:  # Apprise loads only for the alerts commands
-    from .alerts import AlertSettings
-    from .config import Settings
+    from ..alerts import AlertSettings
+    from ..config import Settings
 
 
 def entry_json(entry: Entry) -> dict[str, str]:
@@ -90,9 +90,9 @@ def doctor(
     """
     import logging
 
-    from .config import load_settings
-    from .diagnose import DoctorReport, config_failure, run_doctor
-    from .errors import Relay365Error
+    from ..config import load_settings
+    from ..diagnose import DoctorReport, config_failure, run_doctor
+    from ..errors import Relay365Error
 
     # Every finding is in the report: the parts' own warnings would only repeat them on stderr.
     logging.getLogger("relay365").addHandler(logging.NullHandler())
@@ -142,14 +142,14 @@ def alerts_test(
     config: ConfigOption = None,
 ) -> None:
     """Send a test alert to every configured channel; exit 1 when one refuses it."""
-    from .alerts import AppriseChannel, build_channels, make_test_alert
+    from ..alerts import AppriseChannel, build_channels, make_test_alert
 
     current = settings(config)
     wanted = configured_alerts(current)
 
     async def main() -> dict[str, bool]:
-        from .auth import SecretBox
-        from .store import Store
+        from ..auth import SecretBox
+        from ..store import Store
 
         store = await Store.open(current.store_url, SecretBox.from_environment(current.key_file))
         try:

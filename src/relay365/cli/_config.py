@@ -1,4 +1,4 @@
-"""Commands of the config part; registered on relay365.cli.app when cli is imported."""
+"""`relay365 config`: the configuration in effect."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Annotated, Any
 import tomli_w
 import typer
 
-from .cli import ConfigOption, app, settings
-from .config import Settings
+from ..config import Settings
+from ._common import ConfigOption, app, settings
 
 config_app = typer.Typer(help="relay365's configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")

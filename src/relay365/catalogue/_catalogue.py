@@ -35,7 +35,7 @@ class Match:
 
 @cache
 def catalogue() -> dict[str, Entry]:
-    text = (resources.files("relay365.diagnose") / "catalogue.toml").read_text(encoding="utf-8")
+    text = (resources.files("relay365.catalogue") / "catalogue.toml").read_text(encoding="utf-8")
     out: dict[str, Entry] = {}
     for raw in tomllib.loads(text)["entry"]:
         entry = Entry(id=raw["id"], title=raw["title"], cause=raw["cause"].strip(),
