@@ -31,6 +31,7 @@ from .config import Settings, load_settings
 from .delivery import DeliveryEngine
 from .errors import NeedsSignIn, StoreError
 from .ingress import api_routes, start_smtp_listeners
+from .outbound import Outbound
 from .policy import Policy
 from .store import Attempt, NewMessage, QueuedMessage, Store
 from .web import Admin, AdminSite, admin_routes
@@ -136,13 +137,18 @@ class _Running:
         from .alerts import AlertService  # Apprise loads with it: only a running relay needs it
 
         self.settings = settings
-        self.engine = DeliveryEngine(settings, store, sign_in_hold=settings.delivery.sign_in_hold,
+        # One delivery agent: the engine sends through it, the expiry watch and the keep-alive
+        # use its credentials and Graph clients (one token cache per connection).
+        self.outbound = Outbound(settings, store)
+        self.engine = DeliveryEngine(settings, store, outbound=self.outbound,
+                                     sign_in_hold=settings.delivery.sign_in_hold,
                                      on_needs_sign_in=self._needs_sign_in)
         self.policy = Policy(settings)
         self.outbox = KickingOutbox(store, self.engine)
         self.store = store
         # Alerts, the expiry watch and the daily keep-alive refresh run beside delivery.
-        self.alerts = AlertService(settings, settings.alerts, store, enqueue=self.outbox.enqueue)
+        self.alerts = AlertService(settings, settings.alerts, store, enqueue=self.outbox.enqueue,
+                                   outbound=self.outbound)
         self.alerts_task: asyncio.Task[None] | None = None
         self.admin = Admin(site=site, settings=settings, store=store, enqueue=self.outbox.enqueue,
                            engine=self.engine, alerts=self.alerts)
@@ -164,7 +170,8 @@ class _Running:
         if self.alerts_task is not None:
             self.alerts_task.cancel()
             await asyncio.gather(self.alerts_task, return_exceptions=True)
-        self.alerts.close()
+        await self.alerts.close()
+        await self.outbound.aclose()
 
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None, grace: float = 30.0,

@@ -309,7 +309,7 @@ def test_expiry_watch_on_m365sims_clock(m365sim: Simulator, tmp_path: Path, rece
                 m365sim.advance(max(0.0, (target - clock()).total_seconds()))
                 titles.append([a.title for a in await service.check_expiry()])
         finally:
-            service.close()
+            await service.close()
             await store.close()
         return titles
 

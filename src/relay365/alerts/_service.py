@@ -18,8 +18,9 @@ from dataclasses import replace
 
 from ..auth import Connection, TokenSource
 from ..config import Settings
-from ..diagnose import CredentialExpiry, credential_expiries, graph_http
+from ..diagnose import CredentialExpiry, credential_expiries
 from ..errors import Relay365Error
+from ..outbound import Outbound
 from ..store import MessageState, Store
 from ._alerter import Alerter, Clock, utc_now
 from ._channels import Alert, AppriseChannel, Channel, EmailChannel, Enqueue
@@ -44,11 +45,16 @@ def make_test_alert() -> Alert:
 
 
 class AlertService:
-    """Watches the store and the connections; the ``Alerter`` says what is found."""
+    """Watches the store and the connections; the ``Alerter`` says what is found.
+
+    ``outbound``: the relay's delivery agent, whose credentials and Graph clients the expiry
+    watch and the keep-alive use (one token cache per connection and process); by default
+    one of the service's own, closed by ``close``.
+    """
 
     def __init__(self, settings: Settings, alerts: AlertSettings, store: Store, *,
                  enqueue: Enqueue | None = None, channels: list[Channel] | None = None,
-                 clock: Clock = utc_now, connections: dict[str, Connection] | None = None) -> None:
+                 clock: Clock = utc_now, outbound: Outbound | None = None) -> None:
         self.settings = settings
         self.alerts = alerts
         self.store = store
@@ -56,22 +62,17 @@ class AlertService:
         chosen = channels if channels is not None else build_channels(settings, alerts,
                                                                        enqueue or store.enqueue)
         self.alerter = Alerter(alerts, chosen, store=store, clock=clock)
-        self._connections = connections if connections is not None else {}
-        self._owned: list[Connection] = []
+        self._owns_outbound = outbound is None
+        self._outbound = outbound or Outbound(settings, store)
         self._known_failed: set[str] | None = None
         self._last: dict[str, dt.datetime] = {}
 
     def connection(self, name: str) -> Connection:
-        if name not in self._connections:
-            conn = Connection(self.settings.connection(name), self.store)
-            self._connections[name] = conn
-            self._owned.append(conn)
-        return self._connections[name]
+        return self._outbound.connection(name)
 
-    def close(self) -> None:
-        for conn in self._owned:
-            conn.close()
-        self._owned.clear()
+    async def close(self) -> None:
+        if self._owns_outbound:
+            await self._outbound.aclose()
 
     # ---- the loop ----------------------------------------------------------------------------
 
@@ -87,7 +88,7 @@ class AlertService:
                     log.exception("alerts: a check failed; trying again at the next tick")
                 await asyncio.sleep(self.alerts.check_interval)
         finally:
-            self.close()
+            await self.close()
 
     async def tick(self) -> None:
         await self.check_failed_messages()
@@ -153,9 +154,8 @@ class AlertService:
         """
         found: list[CredentialExpiry] = []
         for conn in self.settings.connections:
-            async with graph_http(conn) as http:
-                tokens: list[TokenSource] = [self.connection(conn.name)]
-                expiries, _ = await credential_expiries(conn, tokens, http)
+            tokens: list[TokenSource] = [self.connection(conn.name)]
+            expiries, _ = await credential_expiries(conn, tokens, self._outbound.graph_client(conn))
             for expiry in expiries:
                 key = f"alerts.expiry-date.{conn.name}.{expiry.kind}"
                 if expiry.expires_at is not None:

@@ -6,7 +6,7 @@ every part; this package sits above auth, transport and store, whose probes it r
 """
 
 from ._doctor import Check, DoctorReport, config_failure, run_doctor
-from ._expiry import WARN_DAYS, CredentialExpiry, credential_expiries, graph_http, local_expiries
+from ._expiry import WARN_DAYS, CredentialExpiry, credential_expiries, local_expiries
 
 __all__ = ["WARN_DAYS", "Check", "CredentialExpiry", "DoctorReport", "config_failure",
-           "credential_expiries", "graph_http", "local_expiries", "run_doctor"]
+           "credential_expiries", "local_expiries", "run_doctor"]

@@ -54,9 +54,10 @@ from ..auth import (
 from ..catalogue import Entry, lookup_entry
 from ..config import ConnectionSettings, Settings
 from ..errors import AuthError, ConfigError, NeedsSignIn, Relay365Error
+from ..outbound import Outbound
 from ..store import ConnectionState, Store
-from ..transport import Envelope, transport_for
-from ._expiry import WARN_DAYS, CredentialExpiry, credential_expiries, graph_http
+from ..transport import Envelope
+from ._expiry import WARN_DAYS, CredentialExpiry, credential_expiries
 from ._probes import GENERIC_TENANTS, Reach, authorize_probe, graph_call, probe_message, reach
 
 Status = Literal["pass", "warn", "fail", "skip"]
@@ -116,10 +117,14 @@ async def run_doctor(settings: Settings, connection: str | None = None, *, send_
     except ConfigError as exc:
         return config_failure(exc, connection)
     store = await Store.open(settings.store_url, SecretBox.from_environment(settings.key_file))
+    # The delivery agent's credential, Graph client and transport: the doctor checks what sends.
+    outbound = Outbound(settings, store)
     try:
-        doctor = _Doctor(conn, store, send_test=send_test, clock=clock or (lambda: dt.datetime.now(dt.UTC)))
+        doctor = _Doctor(conn, store, outbound, send_test=send_test,
+                         clock=clock or (lambda: dt.datetime.now(dt.UTC)))
         return await doctor.run()
     finally:
+        await outbound.aclose()
         await store.close()
 
 
@@ -136,6 +141,7 @@ def _days(delta: dt.timedelta) -> str:
 class _Doctor:
     conn: ConnectionSettings
     store: Store
+    outbound: Outbound
     send_test: str | None
     clock: Callable[[], dt.datetime]
     checks: list[Check] = field(default_factory=list)
@@ -153,38 +159,37 @@ class _Doctor:
         return self.conn.mode == "delegated"
 
     async def run(self) -> DoctorReport:
-        connection = Connection(self.conn, self.store)
+        connection = self.outbound.connection(self.conn.name)
+        http = self.outbound.graph_client(self.conn)
         scratch_dir = tempfile.TemporaryDirectory(prefix="relay365-doctor-")
         scratch_store: Store | None = None
         try:
-            async with graph_http(self.conn) as http:
-                if not self.check_config():
-                    return self.report()
-                await self.check_endpoints(http)
-                state = await self.store.connection_state(self.conn.name)
+            if not self.check_config():
+                return self.report()
+            await self.check_endpoints(http)
+            state = await self.store.connection_state(self.conn.name)
+            if self.delegated:
+                await self.check_sign_in(http)
+            if self.delegated and credential_kind(self.conn) != "no credential":
+                scratch_store = await Store.open(f"sqlite:///{Path(scratch_dir.name) / 'doctor.db'}",
+                                                 SecretBox(base64.urlsafe_b64encode(os.urandom(32))))
+                await self.check_credential(scratch_store)
+            elif not self.delegated:
+                self.app_token_source = connection
+            await self.check_token(connection, state)
+            if self.token is not None:
+                self.check_claims()
                 if self.delegated:
-                    await self.check_sign_in(http)
-                if self.delegated and credential_kind(self.conn) != "no credential":
-                    scratch_store = await Store.open(f"sqlite:///{Path(scratch_dir.name) / 'doctor.db'}",
-                                                     SecretBox(base64.urlsafe_b64encode(os.urandom(32))))
-                    await self.check_credential(scratch_store)
-                elif not self.delegated:
-                    self.app_token_source = connection
-                await self.check_token(connection, state)
-                if self.token is not None:
-                    self.check_claims()
-                    if self.delegated:
-                        await self.check_mailbox(http)
-                    await self.check_senders(http, connection)
-                else:
-                    needing = ("token-tenant", "permissions", "account", "mailbox", "senders")
-                    for name in needing if self.delegated else ("token-tenant", "permissions", "senders"):
-                        self.add(name, "skip", "needs a token (see the token check)")
-                await self.check_expiry(http, connection)
-                if self.delegated:
-                    self.check_refresh_token(state)
+                    await self.check_mailbox(http)
+                await self.check_senders(http, connection)
+            else:
+                needing = ("token-tenant", "permissions", "account", "mailbox", "senders")
+                for name in needing if self.delegated else ("token-tenant", "permissions", "senders"):
+                    self.add(name, "skip", "needs a token (see the token check)")
+            await self.check_expiry(http, connection)
+            if self.delegated:
+                self.check_refresh_token(state)
         finally:
-            connection.close()
             if self.app_token_source is not None and self.app_token_source is not connection:
                 self.app_token_source.close()
             if scratch_store is not None:
@@ -433,14 +438,12 @@ class _Doctor:
         msg.set_content(f"relay365 doctor sent this test of connection {self.conn.name!r}:\n"
                         f"sender {sender}, transport {self.conn.transport}, account "
                         f"{self.token.account if self.token else '-'}.\n")
-        transport = transport_for(self.conn, connection)
         try:
-            outcome = await transport.send(Envelope(sender, (self.send_test,), msg.as_bytes()))
+            outcome = await self.outbound.send(Envelope(sender, (self.send_test,), msg.as_bytes()),
+                                               connection=self.conn.name)
         except Relay365Error as exc:
             self.add(f"sender:{sender}", "fail", exc.message, exc.entry)
             return
-        finally:
-            await transport.aclose()
         self.add(f"sender:{sender}", "pass", f"test message sent from {sender} to {self.send_test} "
                  f"(request id {outcome.request_id or '-'})")
 

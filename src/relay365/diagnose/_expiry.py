@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
-import ssl
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
@@ -59,15 +58,6 @@ class GraphAnswer:
     status: int
     body: dict[str, Any] | None = None
     code: str | None = None
-
-
-def graph_http(settings: ConnectionSettings, timeout: float = 20.0) -> httpx.AsyncClient:
-    """An httpx client trusting the connection's CA file (when set), as the transports do."""
-    verify: ssl.SSLContext | bool = True
-    if settings.ca_file is not None:
-        verify = ssl.create_default_context(cafile=str(settings.ca_file))
-    return httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(timeout, connect=10.0),
-                             follow_redirects=False)
 
 
 def _parse_time(value: object) -> dt.datetime | None:
