@@ -31,7 +31,7 @@ from relay365.web._signin import CALLBACK_PATH
 from .test_serve import free_port, sign_in, write_config
 from .web_helpers import ADMIN_PASSWORD, AdminClient, admin_relay
 
-PAGE_MODULES = ["_pages", "_status", "_setup", "_signin", "_log", "_tools", "_alerts_page"]
+PAGE_MODULES = ["_pages", "_status", "_setup", "_signin", "_log_page", "_tools", "_alerts_page"]
 # What the admin page promises (issue 6): each must exist and be behind the login.
 PROMISED_PAGES = ["/", "/setup", "/setup/new", "/setup/demo", "/test", "/log", "/alerts", "/doctor"]
 PUBLIC_PAGES = {"/login"}

@@ -20,7 +20,7 @@ import pytest
 
 from m365sim import Simulator
 from relay365.config import settings_from_dict, write_settings
-from relay365.web._log import read_message, readdressed, typed_recipients
+from relay365.web._log_page import read_message, readdressed, typed_recipients
 from relay365.web._status import _expiry, token_valid_until
 
 from .test_serve import eventually, free_port, send, sign_in, write_config

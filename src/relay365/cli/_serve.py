@@ -17,7 +17,7 @@ def serve_command(
     grace: Annotated[float, typer.Option(help="seconds deliveries in flight get at shutdown")] = 30.0,
 ) -> None:
     """Run the relay: SMTP listener(s), HTTP API and delivery workers."""
-    from ..logs import configure_logging
+    from ..log_format import configure_logging
     from ..serve import serve
 
     current = settings(config)

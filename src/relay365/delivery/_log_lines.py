@@ -3,7 +3,7 @@
     0197A3F2C41B5E09: to=<a@example.org>, from=<info@contoso.com>, connection=contoso,
         relay=graph, delay=0.42, attempts=1, status=sent (request_id 5d1c..., mime, 812 bytes)
 
-Each record also carries ``queue_id`` (``relay365.logs`` puts it in JSON lines).  Error
+Each record also carries ``queue_id`` (``relay365.log_format`` puts it in JSON lines).  Error
 details come from the transports, which scrub credentials out of Microsoft's answers.
 """
 

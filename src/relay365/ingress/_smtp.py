@@ -40,7 +40,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from .._limits import FailedLogins
+from .._failed_logins import FailedLogins
 from ..config import Settings, SmtpListener
 from ..errors import ConfigError, StoreError
 from ..mime import has_bare_newline, read_head

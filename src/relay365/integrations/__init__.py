@@ -13,6 +13,6 @@ the local SMTP relay.  None of them talks to Microsoft: the relay's delivery wor
 Nothing here is imported by ``relay365`` itself; Django is needed only by its backend.
 """
 
-from ._submit import ApiSubmitter, NotQueued, OutboxSubmitter, SmtpSubmitter, Submitter, submitter_for
+from ._submitters import ApiSubmitter, NotQueued, OutboxSubmitter, SmtpSubmitter, Submitter, submitter_for
 
 __all__ = ["ApiSubmitter", "NotQueued", "OutboxSubmitter", "SmtpSubmitter", "Submitter", "submitter_for"]

@@ -37,7 +37,7 @@ from django.conf import settings as django_settings
 from django.core.mail.backends.base import BaseEmailBackend
 
 from ..errors import Relay365Error
-from ._submit import Submitter, submitter_for
+from ._submitters import Submitter, submitter_for
 
 __all__ = ["EmailBackend"]
 

@@ -41,7 +41,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from ..errors import Relay365Error
-from ._submit import Submitter, submitter_for
+from ._submitters import Submitter, submitter_for
 
 __all__ = ["HandlerStats", "Relay365Handler"]
 

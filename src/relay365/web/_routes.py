@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import _alerts_page, _log, _pages, _setup, _signin, _status, _tools
+from . import _alerts_page, _log_page, _pages, _setup, _signin, _status, _tools
 from ._site import Admin
 
 SESSION_COOKIE = "relay365_admin"
@@ -55,7 +55,7 @@ def _bind(admin: Admin, handler: Callable[[Admin, Request], Awaitable[Response]]
 def admin_routes(admin: Admin) -> list[BaseRoute]:
     """Every admin page, mounted at the root of the web listener (the API has /api/v1)."""
     table: list[tuple[str, Callable[[Admin, Request], Awaitable[Response]], list[str]]] = [
-        *_pages.ROUTES, *_status.ROUTES, *_setup.ROUTES, *_signin.ROUTES, *_log.ROUTES,
+        *_pages.ROUTES, *_status.ROUTES, *_setup.ROUTES, *_signin.ROUTES, *_log_page.ROUTES,
         *_tools.ROUTES, *_alerts_page.ROUTES,
     ]
     routes: list[BaseRoute] = [Route(path, _bind(admin, handler), methods=methods)

@@ -24,7 +24,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
-from .._limits import FailedLogins
+from .._failed_logins import FailedLogins
 from ..config import Settings, update_config_file
 from ..errors import ConfigError
 from ._security import CSRF_FIELD, csrf_token, csrf_valid

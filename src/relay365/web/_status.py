@@ -15,7 +15,7 @@ from ..config import ConnectionSettings
 from ..diagnose import local_expiries
 from ..errors import StoreError
 from ..store import ConnectionState, MessageState, OutcomeCount
-from ._log import failure_entry
+from ._log_page import failure_entry
 from ._site import Admin, page
 
 DAYS_SHOWN = 7
