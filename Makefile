@@ -37,7 +37,7 @@ test: lint typecheck pytest
 
 # The admin page's screenshots in docs/screenshots/ (the README shows them), from the browser tests.
 screenshots: $(STAMP) tools
-	RELAY365_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/pytest -q tests/relay365/test_web_browser.py
+	RELAY365_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/pytest -q tests/e2e/relay365/test_web_browser.py
 
 # The whole system on its embedded defaults: SQLite, and m365sim in place of Microsoft 365.
 demo: $(STAMP)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.relay365.integrations_helpers import SHARED, RunningRelay, running_relay
+from tests.e2e.relay365.integrations_helpers import SHARED, RunningRelay, running_relay
 
 PHP = shutil.which("php")
 PHPMAILER = Path("/usr/share/php/libphp-phpmailer/autoload.php")
-PLUGIN = Path(__file__).parents[2] / "integrations" / "wordpress" / "relay365-smtp.php"
+PLUGIN = Path(__file__).parents[3] / "integrations" / "wordpress" / "relay365-smtp.php"
 RELAY365 = Path(sys.executable).with_name("relay365")
 pytestmark = pytest.mark.skipif(PHP is None or not PHPMAILER.exists(),
                                 reason="needs php-cli and libphp-phpmailer: apt-get install php-cli "

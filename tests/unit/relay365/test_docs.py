@@ -13,9 +13,9 @@ from relay365 import cli
 from relay365.config import ConnectionSettings, DeliverySettings, RelaySettings, Settings, SmtpListener
 from relay365.diagnose import catalogue
 from relay365.integrations import docs
-from tests.relay365.test_serve import env
+from tests.e2e.relay365.test_serve import env
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DOCS = ROOT / "docs"
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 

@@ -17,8 +17,7 @@ from relay365 import Client
 from relay365.auth import sign_in_with_browser
 from relay365.config import settings_from_dict, write_settings
 from relay365.demo import DEMO_SECRET, demo_settings, signed_in_browser
-
-from ..m365sim.conftest import https
+from tests.integration.m365sim.conftest import https
 
 
 def relay365(*args: str, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ import pytest
 
 from relay365.integrations import NotQueued
 from relay365.integrations.logging import Relay365Handler
-from tests.relay365.integrations_helpers import SHARED, RunningRelay, running_relay
+from tests.e2e.relay365.integrations_helpers import SHARED, RunningRelay, running_relay
 
 
 class Recorder:

@@ -18,7 +18,7 @@ import pytest
 from m365sim import DeliveredMessage, Simulator
 from relay365.config import settings_from_dict, write_settings
 from relay365.demo import demo_settings
-from tests.relay365.test_serve import free_port, relay, sign_in
+from tests.e2e.relay365.test_serve import free_port, relay, sign_in
 
 SHARED = "info@contoso.com"
 

@@ -43,7 +43,7 @@ from relay365.transport._classify import Attempt, parse_retry_after, smtp_failur
 from relay365.transport._draft import graph_draft, split_mime
 from relay365.transport._graph import MAX_REQUEST_BYTES, REQUEST_MARGIN
 from relay365.transport._mime import without_bcc
-from tests.m365sim.conftest import (
+from tests.integration.m365sim.conftest import (
     SEED_APP_ONLY,
     SEED_APP_ONLY_SECRET,
     auth_code_token,

@@ -23,7 +23,7 @@ from django.test.utils import override_settings  # noqa: E402
 from relay365.ingress import hash_password  # noqa: E402
 from relay365.integrations import NotQueued  # noqa: E402
 from relay365.integrations.django import EmailBackend  # noqa: E402
-from tests.relay365.integrations_helpers import SHARED, RunningRelay, running_relay  # noqa: E402
+from tests.e2e.relay365.integrations_helpers import SHARED, RunningRelay, running_relay  # noqa: E402
 
 API_KEY = "r365_django-test-key"
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 40 + b"\n%%EOF\n"  # binary, every byte value
@@ -34,7 +34,7 @@ PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory, m365sim_state_dir: Path) -> Iterator[RunningRelay]:
     if not settings.configured:
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.relay365.integrations_django_settings")
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.e2e.relay365.integrations_django_settings")
         django.setup()
     keys = [{"name": "django", "key_hash": hash_password(API_KEY)}]
     with running_relay(tmp_path_factory.mktemp("django"), m365sim_state_dir,

@@ -22,8 +22,7 @@ from relay365.auth import SecretBox
 from relay365.config import Settings, settings_from_dict, write_settings
 from relay365.ingress import sendmail_main
 from relay365.store import Store
-
-from .test_ingress import RelayThread, relay_settings
+from tests.integration.relay365.test_ingress import RelayThread, relay_settings
 
 SENDMAIL = "import sys; from relay365.ingress import sendmail_command; sys.exit(sendmail_command())"
 

@@ -33,7 +33,14 @@ from relay365.store import (
     _outbox_queries,
     new_queue_id,
 )
-from tests.relay365.test_store import POSTGRES_URL, Database, _libpq, new_box, postgres_schema, run
+from tests.integration.relay365.test_store import (
+    POSTGRES_URL,
+    Database,
+    _libpq,
+    new_box,
+    postgres_schema,
+    run,
+)
 
 QUEUED, SENDING, SENT, DEFERRED, FAILED = (MessageState.QUEUED, MessageState.SENDING, MessageState.SENT,
                                            MessageState.DEFERRED, MessageState.FAILED)

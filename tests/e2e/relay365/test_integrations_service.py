@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from relay365.integrations.systemd import ServiceOptions, unit_text
-from tests.relay365.test_serve import env
+from tests.e2e.relay365.test_serve import env
 
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="needs systemd-analyze: apt-get install systemd")
