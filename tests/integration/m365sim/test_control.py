@@ -1,71 +1,17 @@
-"""The /_sim control API, the serve command, scenarios and fault injection."""
+"""The /_sim control API and fault injection, on a running emulator (the serve command: e2e)."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
 import ssl
-import subprocess
-import sys
 import time
-import types
 from pathlib import Path
 
 import httpx
 import pytest
 
-import m365sim
-from m365sim import Simulator, load_scenario
+from m365sim import Simulator
 
 from .conftest import GRAPH, SEED_APP_ONLY, SEED_APP_ONLY_SECRET, confidential, https
-
-SHIPPED = ["needs-admin-approval", "no-mail-send-permission", "no-mailbox", "no-send-as",
-           "refresh-revoked", "secret-expired", "security-defaults", "seed", "single-tenant",
-           "throttled"]
-
-
-def test_public_surface_is_what_all_says() -> None:
-    public = {n for n, v in vars(m365sim).items()
-              if n.isidentifier() and not n.startswith("_") and not isinstance(v, types.ModuleType)}
-    assert sorted(m365sim.__all__) == sorted(public)
-
-
-def test_every_shipped_scenario_loads_and_says_what_it_reproduces() -> None:
-    assert m365sim.shipped_scenarios() == SHIPPED
-    for name in SHIPPED:
-        scenario = load_scenario(name)
-        assert scenario.description, name
-        text = (Path(m365sim.__file__).parent / "scenarios" / f"{name}.toml").read_text()
-        assert text.startswith(f"# {name}:"), f"{name}.toml must open with a comment on what it reproduces"
-
-
-def test_scenario_errors_name_the_key_and_an_example(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.toml"
-    bad.write_text('[tenant]\ndomains = ["contoso.com"]\n[[apps]]\nclient_id = "x"\n'
-                   'sign_in_audience = "Everyone"\n')
-    with pytest.raises(m365sim.ScenarioError, match=r"apps\[0\]\.sign_in_audience: unknown value "
-                       r"'Everyone' \(for example: AzureADMyOrg"):
-        load_scenario(bad)
-    with pytest.raises(m365sim.ScenarioError, match="no shipped scenario named 'nope'"):
-        load_scenario("nope")
-    grant = tmp_path / "grant.toml"
-    grant.write_text('[tenant]\ndomains = ["contoso.com"]\n[[shared_mailboxes]]\n'
-                     'address = "info@contoso.com"\nsend_as = ["ghost@contoso.com"]\n')
-    with pytest.raises(m365sim.ScenarioError, match=r"'ghost@contoso\.com' is not a user"):
-        load_scenario(grant)
-
-
-def test_a_custom_scenario_extends_a_shipped_one(tmp_path: Path) -> None:
-    path = tmp_path / "mine.toml"
-    path.write_text('extends = "seed"\n[[users]]\nupn = "admin@contoso.com"\nmfa = true\n'
-                    '[limits]\nmessages_per_minute = 5\n')
-    scenario = load_scenario(path)
-    admin = scenario.user("admin@contoso.com")
-    assert admin is not None and admin.mfa and admin.admin  # merged, not replaced
-    assert scenario.limits.messages_per_minute == 5
-    assert scenario.shared_mailbox("info@contoso.com") is not None
 
 
 def test_control_api_clock_revoke_scenario_and_faults(m365sim: Simulator) -> None:
@@ -130,47 +76,6 @@ def test_control_api_refuses_non_loopback_clients(m365sim: Simulator) -> None:
     assert is_loopback({"client": ("::1", 5)})
     assert not is_loopback({"client": ("192.0.2.7", 5)})
     assert not is_loopback({})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_serve_prints_its_endpoints_and_stops_on_sigterm(tmp_path: Path) -> None:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
-    with subprocess.Popen(
-        [sys.executable, "-m", "m365sim.cli", "serve", "--scenario", "no-send-as", "--port", str(port),
-         "--state-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            ready = json.loads(proc.stdout.readline())
-            assert set(ready) == {"authority_host", "tenant", "graph", "smtp_host", "smtp_port", "ca",
-                                  "control"}
-            assert ready["authority_host"] == f"https://127.0.0.1:{port}"
-            assert Path(ready["ca"]) == tmp_path / "ca.pem"
-            ctx = ssl.create_default_context(cafile=ready["ca"])
-            info = httpx.get(ready["control"], verify=ctx).json()
-            assert info["scenario"] == "no-send-as"
-            with socket.create_connection((ready["smtp_host"], ready["smtp_port"])) as smtp:
-                assert smtp.recv(512).startswith(b"220 ")
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=20) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    # The CA outlives the process: a restart keeps what clients already trust.
-    assert (tmp_path / "ca-key.pem").stat().st_mode & 0o777 == 0o600
-
-
-def test_serve_reports_a_bad_scenario() -> None:
-    result = subprocess.run([sys.executable, "-m", "m365sim.cli", "serve", "--scenario", "nope"],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2
-    assert "no shipped scenario named 'nope'" in result.stderr
 
 
 def test_the_ca_is_kept_across_restarts(tmp_path: Path) -> None:

@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import ssl
-import subprocess
-import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from email import message_from_bytes
@@ -36,7 +33,7 @@ from relay365.alerts import (
     keep_alive,
 )
 from relay365.auth import SecretBox, sign_in_with_browser
-from relay365.config import Settings, settings_from_dict, write_settings
+from relay365.config import Settings, settings_from_dict
 from relay365.demo import demo_settings, signed_in_browser
 from relay365.diagnose import CredentialExpiry
 from relay365.errors import ConfigError
@@ -365,20 +362,3 @@ def test_email_alerts_avoid_the_connection_they_are_about(tmp_path: Path) -> Non
     parsed = message_from_bytes(raw)
     assert parsed["X-Relay365-Alert"] == "needs-sign-in; about=main"
     assert parsed["Auto-Submitted"] == "auto-generated" and parsed["To"] == "it@contoso.com"
-
-
-def test_alerts_test_command_tries_every_channel(receiver: Receiver, tmp_path: Path) -> None:
-    config = tmp_path / "relay365.toml"
-    write_settings(settings_from_dict({"state_dir": str(tmp_path / "state")}, env={}), config)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY365_")}
-    ok = subprocess.run([sys.executable, "-m", "relay365", "alerts", "test", "--config", str(config),
-                         "--url", receiver.url("one"), "--url", receiver.url("two")],
-                        capture_output=True, text=True, timeout=60, env=env)
-    assert ok.returncode == 0, ok.stderr
-    assert sorted(p["path"] for p in receiver.posts) == ["/one", "/two"]
-    assert receiver.posts[0]["title"] == "relay365 test alert" and receiver.posts[0]["type"] == "info"
-    receiver.status = 500
-    refused = subprocess.run([sys.executable, "-m", "relay365", "alerts", "test", "--config", str(config),
-                              "--url", receiver.url("three")], capture_output=True, text=True, timeout=60,
-                             env=env)
-    assert refused.returncode == 1 and "failed" in refused.stdout

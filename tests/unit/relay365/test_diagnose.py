@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -237,18 +235,3 @@ def test_the_longest_key_wins_and_bare_words_match_only_whole() -> None:
     assert find_entry("AADSTS90002: Tenant 'x' not found.").id == "AAD-TENANT-NOT-FOUND"  # type: ignore[union-attr]
     assert find_entry("r365-secret-expiring").id == "R365-SECRET-EXPIRING"  # type: ignore[union-attr]
     assert find_entry("nothing we know about") is None
-
-
-def test_explain_as_a_command() -> None:
-    line = ("535 5.7.139 Authentication unsuccessful, user is locked by your organization's security "
-            "defaults policy.")
-    shown = subprocess.run([sys.executable, "-m", "relay365", "explain", *line.split()],
-                           capture_output=True, text=True, timeout=60)
-    assert shown.returncode == 0, shown.stderr
-    assert "SMTP-SECURITY-DEFAULTS" in shown.stdout and "Fix:" in shown.stdout
-    piped = subprocess.run([sys.executable, "-m", "relay365", "explain", "--json", "-"],
-                           input="AADSTS7000222", capture_output=True, text=True, timeout=60)
-    assert json.loads(piped.stdout)["id"] == "AAD-SECRET-EXPIRED"
-    unknown = subprocess.run([sys.executable, "-m", "relay365", "explain", "all quiet"],
-                             capture_output=True, text=True, timeout=60)
-    assert unknown.returncode == 1 and "No catalogue entry" in unknown.stdout

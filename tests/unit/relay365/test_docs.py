@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import typer
@@ -13,7 +11,6 @@ from relay365 import cli
 from relay365.config import ConnectionSettings, DeliverySettings, RelaySettings, Settings, SmtpListener
 from relay365.diagnose import catalogue
 from relay365.integrations import docs
-from tests.e2e.relay365.test_serve import env
 
 ROOT = Path(__file__).resolve().parents[3]
 DOCS = ROOT / "docs"
@@ -41,23 +38,6 @@ def test_the_references_cover_every_key_command_and_entry() -> None:
     troubleshooting = (DOCS / "troubleshooting.md").read_text()
     for entry in catalogue().values():
         assert f"### {entry.id}: {entry.title}\n" in troubleshooting
-
-
-def test_generate_and_check_from_the_command_line(tmp_path: Path) -> None:
-    def relay365(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "relay365", *args], capture_output=True, text=True,
-                              timeout=120, env=env())
-
-    stale = relay365("docs", "generate", "--check", str(tmp_path))
-    assert stale.returncode == 1 and "troubleshooting.md" in stale.stderr
-    wrote = relay365("docs", "generate", str(tmp_path))
-    assert wrote.returncode == 0 and "reference/cli.md" in wrote.stdout
-    assert relay365("docs", "generate", "--check", str(tmp_path)).returncode == 0
-    for name in ("reference/configuration.md", "reference/cli.md", "troubleshooting.md"):
-        assert (tmp_path / name).read_text() == (DOCS / name).read_text()
-    module = subprocess.run([sys.executable, "-m", "relay365.integrations.docs", "--check"],
-                            capture_output=True, text=True, timeout=120, env=env())
-    assert module.returncode == 0, module.stderr
 
 
 def anchors(markdown: str) -> set[str]:
