@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import threading
@@ -28,15 +27,10 @@ from relay365.auth import SecretBox, sign_in_with_browser
 from relay365.config import load_settings, settings_from_dict, write_settings
 from relay365.demo import demo_settings, signed_in_browser
 from relay365.store import MessageState, Store
+from tests.ports import free_port
 
 CLIENTS, PER_CLIENT = 10, 200
 KILL_AFTER = 700  # acknowledged messages before the kill
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_relay(config: Path) -> subprocess.Popen[str]:

@@ -24,12 +24,7 @@ from relay365 import Client
 from relay365.auth import sign_in_with_browser
 from relay365.config import settings_from_dict, write_settings
 from relay365.demo import demo_settings, signed_in_browser
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.ports import free_port
 
 
 def env() -> dict[str, str]:
