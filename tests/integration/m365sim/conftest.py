@@ -104,6 +104,15 @@ def auth_code_token(sim: Simulator, scopes: list[str], *,
     return dict(app.acquire_token_by_auth_code_flow(flow, redirect_params(response)))
 
 
+def freeze_clock(sim: Simulator) -> None:
+    """Stop real time on the emulator's clock: then only ``sim.advance`` moves it, limit windows too.
+
+    A test counting what a (compressed) minute allows would otherwise count what the machine
+    manages to send in a real second.
+    """
+    sim._call(lambda s: s.clock.freeze())
+
+
 def delegated_token(sim: Simulator, scopes: list[str]) -> str:
     result = auth_code_token(sim, scopes)
     assert "access_token" in result, result

@@ -7,6 +7,7 @@ import smtplib
 import ssl
 from email.message import EmailMessage
 
+import httpx
 import pytest
 
 from m365sim import Simulator
@@ -19,6 +20,7 @@ from .conftest import (
     app_only_token,
     confidential,
     delegated_token,
+    freeze_clock,
     https,
 )
 
@@ -112,19 +114,26 @@ def test_secret_expired_for_both_apps(m365sim: Simulator) -> None:
 @pytest.mark.m365sim("throttled")
 def test_throttled_answers_429_past_thirty_messages_a_compressed_minute(m365sim: Simulator) -> None:
     token = app_only_token(m365sim)
+    freeze_clock(m365sim)  # the 31 requests fall in one window however long they take
     statuses = []
     retry_after = None
     error: dict[str, str] = {}
     with https(m365sim) as client:
+
+        def send() -> httpx.Response:
+            return client.post(f"{m365sim.graph_url}/users/info@contoso.com/sendMail",
+                               content=mime("info@contoso.com"),
+                               headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"})
+
         for _ in range(31):
-            r = client.post(f"{m365sim.graph_url}/users/info@contoso.com/sendMail",
-                            content=mime("info@contoso.com"),
-                            headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"})
+            r = send()
             statuses.append(r.status_code)
             if r.status_code == 429:
                 retry_after = r.headers["retry-after"]
                 error = r.json()["error"]
-    # With time_scale 60 a minute lasts one second, and 31 keep-alive requests take far less.
+        m365sim.advance(60)  # a minute of the scenario's compressed time (one real second)
+        after_a_minute = send().status_code
     assert statuses == [202] * 30 + [429]
     assert error["code"] == "ApplicationThrottled"
     assert retry_after is not None and retry_after.isdigit() and int(retry_after) >= 1
+    assert after_a_minute == 202
