@@ -79,10 +79,11 @@ def test_emit_does_not_wait_for_the_relay(logger: logging.Logger) -> None:
     recorder.gate.clear()  # the relay hangs
     handler = Relay365Handler("ops@example.org", submitter=recorder, max_mails=1000, per=60)
     logger.addHandler(handler)
-    started = time.monotonic()
     for i in range(200):
         logger.error("record %d", i)
-    assert time.monotonic() - started < 1.0
+    # Every emit returned while the relay hung: none waited for a submit (which holds 30 s),
+    # however long the machine took for them.
+    assert recorder.mails == []
     recorder.gate.set()
     handler.flush()
     assert len(recorder.mails) == 200

@@ -74,7 +74,7 @@ def test_force_from_sends_wordpress_default_from_as_the_shared_mailbox(
                    "'From: WordPress <wordpress@shop.example>'));",
                    SENDMAIL_PATH=f"{RELAY365} sendmail -t -i", RELAY365_CONFIG=str(forced.config))
         assert sent.stdout.strip() == "bool(true)", sent.stderr
-        got = forced.delivered("guest@example.org", "Forced", timeout=8).parsed()
+        got = forced.delivered("guest@example.org", "Forced").parsed()
     assert got["From"].addresses[0].addr_spec == SHARED
 
 
