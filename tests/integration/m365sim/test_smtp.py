@@ -139,7 +139,7 @@ def send(smtp: smtplib.SMTP, sender: str, recipients: list[str],
     return smtp.data(raw if raw is not None else message(sender, ", ".join(recipients)))
 
 
-def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "condition not reached in time"
