@@ -31,6 +31,10 @@ PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08
        b"\xc4\x89\x00\x00\x00\rIDATx\x9cc\xf8\x0f\x00\x00\x01\x01\x00\x05\x18\xd8N\x00\x00\x00\x00IEND\xaeB`\x82")
 
 
+# On one xdist worker (--dist loadgroup), so the module's relay starts once.
+pytestmark = pytest.mark.xdist_group("django")
+
+
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory, m365sim_state_dir: Path) -> Iterator[RunningRelay]:
     if not settings.configured:

@@ -182,6 +182,10 @@ def test_settings_are_checked() -> None:
         Relay365Handler([])
 
 
+# On one xdist worker (--dist loadgroup), so the module's relay starts once.
+pytestmark = pytest.mark.xdist_group("logging")
+
+
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory, m365sim_state_dir: Path) -> Iterator[RunningRelay]:
     with running_relay(tmp_path_factory.mktemp("logging"), m365sim_state_dir) as running:

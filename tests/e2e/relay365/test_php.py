@@ -21,9 +21,12 @@ PHP = shutil.which("php")
 PHPMAILER = Path("/usr/share/php/libphp-phpmailer/autoload.php")
 PLUGIN = Path(__file__).parents[3] / "integrations" / "wordpress" / "relay365-smtp.php"
 RELAY365 = Path(sys.executable).with_name("relay365")
-pytestmark = pytest.mark.skipif(PHP is None or not PHPMAILER.exists(),
-                                reason="needs php-cli and libphp-phpmailer: apt-get install php-cli "
-                                       "libphp-phpmailer")
+pytestmark = [
+    pytest.mark.skipif(PHP is None or not PHPMAILER.exists(),
+                       reason="needs php-cli and libphp-phpmailer: apt-get install php-cli libphp-phpmailer"),
+    # On one xdist worker (--dist loadgroup), so the module's relay starts once.
+    pytest.mark.xdist_group("php"),
+]
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 64 + b"\n%%EOF\n"
 
 

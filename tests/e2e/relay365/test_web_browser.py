@@ -30,6 +30,8 @@ from .web_helpers import ADMIN_PASSWORD, empty_config, with_admin_password
 
 # The seed's tenant before anyone consented to the app or gave Send As on info@.
 FIRST_SETUP = str(Path(__file__).with_name("first-setup.toml"))
+# On one xdist worker (--dist loadgroup), so the module's chromium (the browser fixture) starts once.
+pytestmark = pytest.mark.xdist_group("browser")
 # The test email page waits for Microsoft's answer (up to 30 s): more than expect's 5 s.
 expect.set_options(timeout=45_000)
 
