@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck imports pytest tools bench clean screenshots
+.PHONY: test demo lint typecheck imports pytest unit integration e2e tools bench clean screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("relay365 needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -35,14 +35,28 @@ tools:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_TOOLS) >/dev/null; } \
 	  || { echo "make test needs: apt-get install $(DEB_TOOLS)"; exit 1; }; fi
 
+# Tests in parallel, one worker per core (pytest-xdist); loadgroup keeps each xdist_group on one
+# worker (the modules whose relay or chromium is module-scoped start it once).
+PARALLEL := -n auto --dist loadgroup
+
 pytest: $(STAMP) tools
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PARALLEL)
 
 test: lint typecheck imports pytest
 
+# One layer at a time: tests/unit needs no sockets, no m365sim and none of the tools.
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+integration: $(STAMP)
+	$(BIN)/pytest -q $(PARALLEL) tests/integration
+
+e2e: $(STAMP) tools
+	$(BIN)/pytest -q $(PARALLEL) tests/e2e
+
 # The admin page's screenshots in docs/screenshots/ (the README shows them), from the browser tests.
 screenshots: $(STAMP) tools
-	RELAY365_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/pytest -q tests/relay365/test_web_browser.py
+	RELAY365_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/pytest -q tests/e2e/relay365/test_web_browser.py
 
 # The whole system on its embedded defaults: SQLite, and m365sim in place of Microsoft 365.
 demo: $(STAMP)

@@ -4,6 +4,9 @@ Tokens, codes, device codes and secrets expire against this clock, so a test can
 expire an access token with ``advance(3600)`` instead of waiting an hour.  Rate-limit
 windows are different: they run on real (monotonic) time divided by ``time_scale``,
 because the client under test waits in real time for a ``Retry-After``.
+
+``freeze()`` stops real time from moving either: then only ``advance`` does, so a test
+that counts what a window allows gets the same answer on a fast machine and a slow one.
 """
 
 from __future__ import annotations
@@ -17,10 +20,20 @@ class Clock:
 
     def __init__(self, offset: float = 0.0) -> None:
         self._offset = offset
+        self._frozen: tuple[float, float] | None = None  # time.time(), time.monotonic() at freeze()
 
     def now(self) -> float:
         """Epoch seconds, including every ``advance``."""
-        return time.time() + self._offset
+        return (self._frozen[0] if self._frozen else time.time()) + self._offset
+
+    def monotonic(self) -> float:
+        """Real monotonic seconds, without ``advance``: what limit windows scale by ``time_scale``."""
+        return self._frozen[1] if self._frozen else time.monotonic()
+
+    def freeze(self) -> None:
+        """Stop real time from moving the clock (and the limit windows): only ``advance`` will."""
+        if self._frozen is None:
+            self._frozen = (time.time(), time.monotonic())
 
     def now_datetime(self) -> datetime:
         return datetime.fromtimestamp(self.now(), UTC)

@@ -1,7 +1,7 @@
 """Exchange Online's sending limits, with time that tests can compress.
 
-Limit windows run on *limit time*: the monotonic clock multiplied by the scenario's
-``time_scale``, plus the emulator clock's offset.  With ``time_scale = 60`` the
+Limit windows run on *limit time*: the emulator clock's monotonic seconds multiplied by
+the scenario's ``time_scale``, plus its offset.  With ``time_scale = 60`` the
 30-messages-a-minute window lasts one real second, and ``advance(86400)`` ends the
 day of a daily recipient quota.  ``Retry-After`` answers are converted back to real
 seconds, because the client under test waits in real time.
@@ -10,7 +10,6 @@ seconds, because the client under test waits in real time.
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -38,7 +37,7 @@ class SendingLimits:
         self._smtp_connections: dict[str, int] = {}
 
     def limit_time(self, time_scale: float) -> float:
-        return time.monotonic() * time_scale + self._clock.offset
+        return self._clock.monotonic() * time_scale + self._clock.offset
 
     # ---- concurrency (Graph: 4 per app + mailbox) -------------------------------
     def enter(self, app: str, mailbox: str, limit: int) -> bool:
