@@ -13,7 +13,7 @@ from ..auth import Connection
 from ..config import ConnectionSettings, Settings
 from ..errors import PermanentError
 from ..store import Store
-from ..transport import Envelope, GraphTransport, SendOutcome, Transport, graph_client, transport_for
+from ..transport import Envelope, SendOutcome, Transport, graph_client, transport_for
 
 log = logging.getLogger("relay365.outbound")
 
@@ -65,10 +65,9 @@ class Outbound:
         if transport is None:
             if self._factory is not None:
                 transport = self._factory(conn)
-            elif conn.transport == "graph":
-                transport = GraphTransport(conn, self.connection(conn.name), client=self.graph_client(conn))
             else:
-                transport = transport_for(conn, self.connection(conn.name))
+                http = self.graph_client(conn) if conn.transport == "graph" else None
+                transport = transport_for(conn, self.connection(conn.name), http=http)
             self._transports[conn.name] = transport
         return transport
 

@@ -15,6 +15,8 @@ pass through unchanged.
 
 from __future__ import annotations
 
+import httpx
+
 from ..auth import TokenSource
 from ..config import ConnectionSettings
 from ._graph import GraphTransport, graph_client
@@ -32,8 +34,13 @@ __all__ = [
 ]
 
 
-def transport_for(settings: ConnectionSettings, tokens: TokenSource) -> Transport:
-    """The transport the connection's settings name (``graph`` or ``smtp-xoauth2``)."""
+def transport_for(settings: ConnectionSettings, tokens: TokenSource, *,
+                  http: httpx.AsyncClient | None = None) -> Transport:
+    """The transport the connection's settings name (``graph`` or ``smtp-xoauth2``).
+
+    ``http``: the Graph client to send with (``graph_client``); by default the transport
+    makes and closes its own.
+    """
     if settings.transport == "smtp-xoauth2":
         return SmtpXoauth2Transport(settings, tokens)
-    return GraphTransport(settings, tokens)
+    return GraphTransport(settings, tokens, client=http)
